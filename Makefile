@@ -1,0 +1,42 @@
+# mstools: two commands do all set-up.
+#   make demo   set up (if needed) and run the main job on the testbed
+#   make test   set up (if needed) and run the tests, notebooks included
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.mstools-setup-done
+REQS    := requirements/torch.txt requirements/nodeps.txt requirements/base.txt pyproject.toml
+
+.PHONY: setup demo test lab bench clean-venv strip
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS)
+	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements/torch.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(BIN)/pip install --quiet -r requirements/base.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name mstools --display-name "mstools (Python 3.11)"
+	$(BIN)/python -c "import mstools, audiocraft.models, transformer_lens; print('mstools set-up OK')"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m mstools demo --out outputs
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir notebooks
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+strip:
+	$(BIN)/nbstripout notebooks/*.ipynb
+
+clean-venv:
+	rm -rf $(VENV)
