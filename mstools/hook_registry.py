@@ -1,0 +1,157 @@
+"""The one registry of hook names: where each hook sits in audiocraft's LM, and what it carries.
+
+Names follow TransformerLens. Each entry is data: the module it attaches to (a path inside
+``audiocraft.models.lm.LMModel``), whether the activation is that module's input or output, whether
+a hook may rewrite it, and its shape. MusicGen is pre-norm and each
+``StreamingTransformerLayer`` has identity modules ``layer_scale_1`` / ``layer_scale_cross`` /
+``layer_scale_2`` exactly where self-attention, cross-attention and the MLP write into the residual
+stream: the hooks attach there with ordinary torch hooks, never by copying audiocraft code.
+
+Shapes use B = batch (2B under classifier-free guidance: rows ``[:B]`` conditional), S = LM
+sequence steps (1 per generation step), D = model width, H = heads, K = codebooks, card = codebook
+cardinality.
+
+>>> from mstools.hook_registry import expand_names, HOOKS
+>>> expand_names(num_layers=2)[:4]
+['hook_embed', 'blocks.0.hook_resid_pre', 'blocks.0.hook_attn_out', 'blocks.0.hook_cross_attn_out']
+>>> HOOKS["blocks.{l}.attn.hook_z"].shape
+'[B, S, H, D/H]'
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Sequence
+
+__all__ = ["HookSpec", "HOOKS", "expand_names", "spec_for", "resolve_names", "UnknownHookError"]
+
+Where = Literal["input", "output", "input_heads"]
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One hook point.
+
+    Attributes:
+        name: TransformerLens-style template (``{l}`` = layer index).
+        module: path of the audiocraft module inside the LM (``""`` = the LM itself).
+        where: ``"output"`` (module output), ``"input"`` (first positional input) or
+            ``"input_heads"`` (input split into heads: ``[B, S, D] -> [B, S, H, D/H]``).
+        writable: whether a hook's return value replaces the activation.
+        shape: shape of the tensor the hook receives.
+        doc: what the activation is.
+    """
+
+    name: str
+    module: str
+    where: Where
+    writable: bool
+    shape: str
+    doc: str
+
+    @property
+    def per_layer(self) -> bool:
+        return "{l}" in self.name
+
+
+_SPECS = [
+    HookSpec("hook_embed", "transformer", "input", True, "[B, S, D]",
+             "sum of the K codebook embeddings (input of the transformer, before positions)"),
+    HookSpec("blocks.{l}.hook_resid_pre", "transformer.layers.{l}", "input", True, "[B, S, D]",
+             "residual stream entering layer l"),
+    HookSpec("blocks.{l}.hook_attn_out", "transformer.layers.{l}.layer_scale_1", "output", True,
+             "[B, S, D]", "self-attention output written into the residual stream"),
+    HookSpec("blocks.{l}.hook_cross_attn_out", "transformer.layers.{l}.layer_scale_cross", "output",
+             True, "[B, S, D]", "cross-attention (text condition) output written into the residual"),
+    HookSpec("blocks.{l}.hook_mlp_out", "transformer.layers.{l}.layer_scale_2", "output", True,
+             "[B, S, D]", "MLP output written into the residual stream"),
+    HookSpec("blocks.{l}.hook_resid_post", "transformer.layers.{l}", "output", True, "[B, S, D]",
+             "residual stream leaving layer l"),
+    HookSpec("blocks.{l}.attn.hook_z", "transformer.layers.{l}.self_attn.out_proj", "input_heads",
+             True, "[B, S, H, D/H]", "per-head self-attention output before the output projection"),
+    HookSpec("ln_final.hook_normalized", "out_norm", "output", True, "[B, S, D]",
+             "final layer norm output, read by the K output heads"),
+    HookSpec("hook_logits", "", "output", True, "[B, K, S, card]", "logits of the K codebooks"),
+]
+
+HOOKS: dict[str, HookSpec] = {s.name: s for s in _SPECS}
+
+#: Hooks a steering vector may be added to (activations written into or carried by the residual).
+STEERABLE = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_cross_attn_out",
+             "hook_mlp_out", "attn.hook_z")
+
+
+class UnknownHookError(KeyError):
+    """A hook name that the model does not have. The message suggests the closest names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+def expand_names(num_layers: int) -> list[str]:
+    """All concrete hook names of a model with ``num_layers`` layers, in forward order."""
+    names = ["hook_embed"]
+    for layer in range(num_layers):
+        for s in _SPECS:
+            if s.per_layer:
+                names.append(s.name.format(l=layer))
+    names += ["ln_final.hook_normalized", "hook_logits"]
+    return names
+
+
+def spec_for(name: str) -> tuple[HookSpec, int | None]:
+    """The spec of a concrete name and its layer (None for model-level hooks).
+
+    >>> spec_for("blocks.3.hook_mlp_out")[1]
+    3
+    """
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        template = ".".join(["blocks", "{l}"] + parts[2:])
+        if template in HOOKS:
+            return HOOKS[template], int(parts[1])
+    if name in HOOKS and not HOOKS[name].per_layer:
+        return HOOKS[name], None
+    raise UnknownHookError(f"unknown hook name {name!r}")
+
+
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
+def resolve_names(names_filter: NamesFilter, available: Sequence[str]) -> list[str]:
+    """Concrete names selected by a filter: a name, a glob (``'blocks.*.hook_resid_post'``), a list of
+    those, a predicate, or None (all). Unknown names raise :class:`UnknownHookError` with suggestions.
+
+    >>> resolve_names("blocks.*.hook_resid_post", expand_names(2))
+    ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
+    """
+    if names_filter is None:
+        return list(available)
+    if callable(names_filter):
+        return [n for n in available if names_filter(n)]
+    patterns: Iterable[str] = [names_filter] if isinstance(names_filter, str) else names_filter
+    chosen: list[str] = []
+    for pat in patterns:
+        if not isinstance(pat, str):
+            raise TypeError(f"hook names must be strings, got {type(pat).__name__}: {pat!r}")
+        if any(ch in pat for ch in "*?["):
+            hits = [n for n in available if fnmatch.fnmatchcase(n, pat)]
+        else:
+            hits = [pat] if pat in available else []
+        if not hits:
+            raise UnknownHookError(_unknown_message(pat, available))
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+def _unknown_message(name: str, available: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+    if not close:  # compare against templates too, e.g. a layer index out of range
+        templ = difflib.get_close_matches(name, list(HOOKS), n=3, cutoff=0.4)
+        close = [t for t in templ]
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    layers = sorted({int(n.split('.')[1]) for n in available if n.startswith("blocks.")})
+    span = f" Layers are 0..{layers[-1]}." if layers else ""
+    return (f"unknown hook name {name!r}.{hint}{span} "
+            f"See model.hook_names for the full list (globs like 'blocks.*.hook_resid_post' work).")
