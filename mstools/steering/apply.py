@@ -1,0 +1,298 @@
+"""Attaching steering vectors to a HookedMusicGen: where, how strongly, when, on which CFG branch.
+
+One setting is a :class:`Steering` (vector, strength, schedule, branch, operator, hooks/weights,
+heads). It becomes one hook function per hook name, attached through ``model.hooks`` (always
+scoped). A *sweep* puts many settings in one batched generate: row ``i`` of the batch follows its
+own setting.
+
+Strength units: with ``units="mean_norm"`` (default) a strength ``a`` on hook ``h`` adds
+``a * mean_norm(h) * v/||v||`` for the ``add`` operator, where ``mean_norm(h)`` is the mean L2 norm of
+that hook's activation over reference clips (:func:`mean_norms`), so numbers compare across hooks
+and models. ``units="raw"`` uses ``a * v`` as given. Mixing operators (``seed_mix``, ``ablate``,
+``set_projection``) take ``a`` as they define it.
+
+Time comes from the model's step clock (audiocraft's streaming offset): a schedule gets
+``seconds = step / frame_rate`` of every position; under CFG the rows ``[:B]`` are the conditional
+branch and ``[B:]`` the unconditional one.
+
+>>> with vector.apply(model, strength=2.0, schedule=(3.0, None), branch="cond"):
+...     out = model.generate(["jazz"], duration=6, seed=0)
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from .operators import Operator, get_operator
+from .schedules import Schedule, as_schedule
+from .vector import SteeringVector, check_strength
+
+__all__ = ["Steering", "steering_hooks", "apply", "Steerer", "sweep", "mean_norms", "SweepOutput"]
+
+BRANCHES = ("cond", "uncond", "both")
+
+
+@dataclasses.dataclass
+class Steering:
+    """One steering setting.
+
+    Attributes:
+        vector: the directions (per hook).
+        strength: ``a`` (see module docstring for units). Finite number.
+        schedule: weight over time: None (always), a number, ``(t0, t1)`` window in seconds, a
+            :class:`~mstools.steering.schedules.Schedule`, or a function of seconds.
+        branch: ``"cond"`` (the seed paper's choice), ``"uncond"`` or ``"both"`` CFG rows.
+        operator: ``"add"``, ``"seed_mix"``, ``"ablate"``, ``"set_projection"`` or an operator.
+        units: ``"mean_norm"`` or ``"raw"`` (for ``add``).
+        hooks: restrict to these of the vector's hooks (names or globs); None = all.
+        weights: per-hook multipliers (several layers with weights), default 1.
+        heads: for ``attn.hook_z`` directions, only these heads are steered.
+    """
+
+    vector: SteeringVector
+    strength: float = 1.0
+    schedule: Any = None
+    branch: str = "cond"
+    operator: Any = "add"
+    units: str = "mean_norm"
+    hooks: Sequence[str] | str | None = None
+    weights: Mapping[str, float] | None = None
+    heads: Sequence[int] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """A flat row for result tables."""
+        return dict(source=self.vector.source, strength=float(self.strength),
+                    schedule=repr(as_schedule(self.schedule)), branch=self.branch,
+                    operator=repr(get_operator(self.operator)), units=self.units,
+                    hooks=",".join(self._hook_names_hint()), heads=None if self.heads is None
+                    else ",".join(map(str, self.heads)))
+
+    def _hook_names_hint(self) -> list[str]:
+        if self.hooks is None:
+            return self.vector.hooks
+        return [self.hooks] if isinstance(self.hooks, str) else list(self.hooks)
+
+
+def mean_norms(model: Any, hooks: Sequence[str], codes: torch.Tensor | None = None,
+               prompts: Sequence[str | None] | None = None) -> dict[str, float]:
+    """Mean L2 norm per position of each hook's activation over reference clips (cached on the model).
+
+    Reference clips: ``codes`` if given; else ``model.reference_codes()`` when the model provides
+    it (the testbed: procedural clips); else two unconditional clips generated with seed 0.
+    For ``attn.hook_z`` the norm is over all heads (``H * Dh``).
+    """
+    store: dict[str, float] = model.__dict__.setdefault("_mean_norms", {})
+    missing = [h for h in model.check_names(list(hooks)) if h not in store or codes is not None]
+    if missing:
+        if codes is None:
+            ref = getattr(model, "reference_codes", None)
+            if callable(ref):
+                codes, prompts = ref()
+            else:
+                dur = min(2.0, float(model.musicgen.max_duration))
+                codes = model.generate([None, None], duration=dur, seed=0, decode=False).codes
+        if prompts is None:
+            prompts = [None] * codes.shape[0]
+        _, cache = model.run_with_cache(codes, prompts, names_filter=missing)
+        for h in missing:
+            x = cache[h].float()
+            x = x.flatten(2) if h.endswith("hook_z") else x
+            store[h] = float(torch.linalg.vector_norm(x, dim=-1).mean())
+    return {h: store[h] for h in model.check_names(list(hooks))}
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A setting resolved for one hook: direction, scale and the batch rows it owns."""
+
+    vec: torch.Tensor
+    scale: float
+    schedule: Schedule
+    branch: str
+    op: Callable
+    rows: Sequence[int] | None  # rows of the conditional batch (None: all)
+    _index: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def index(self, clock: Any, r: int) -> torch.Tensor:
+        """Batch rows this plan edits in a forward call of ``r`` rows (cached per layout)."""
+        key = (r, clock.cfg_batch)
+        if key not in self._index:
+            idx = torch.arange(r)[clock.rows(self.branch, r)]
+            if self.rows is not None:
+                half = clock.cfg_batch if clock.cfg_batch and r == 2 * clock.cfg_batch else r
+                own = set(int(i) for i in self.rows)
+                idx = idx[torch.tensor([int(i) % half in own for i in idx.tolist()],
+                                       dtype=torch.bool)]
+            self._index[key] = idx
+        return self._index[key]
+
+
+def _resolve(setting: Steering, model: Any, rows: Sequence[int] | None) -> dict[str, _Plan]:
+    vec = setting.vector
+    if not isinstance(vec, SteeringVector):
+        raise TypeError(f"expected a SteeringVector, got {type(vec).__name__}")
+    strength = check_strength(setting.strength)
+    if isinstance(strength, torch.Tensor):
+        raise TypeError("one setting takes one strength; for several, use sweep()")
+    if setting.branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {setting.branch!r}")
+    if setting.units not in ("mean_norm", "raw"):
+        raise ValueError(f"units must be 'mean_norm' or 'raw', got {setting.units!r}")
+    shapes = {h: model.hook_shape(h) for h in model.hook_names
+              if h not in ("hook_logits", "ln_final.hook_normalized")}
+    vec.check(model.fingerprint, shapes)
+    names = vec.hooks
+    if setting.hooks is not None:
+        wanted = set(model.check_names(setting.hooks))
+        names = [h for h in names if h in wanted]
+        if not names:
+            raise ValueError(f"none of the vector's hooks {vec.hooks} is among {setting.hooks!r}")
+    weights = dict(setting.weights or {})
+    for h in weights:
+        if h not in names:
+            raise ValueError(f"weight given for {h!r}, which this setting does not steer ({names})")
+    op = get_operator(setting.operator)
+    is_add = isinstance(op, Operator) and op.name == "add"
+    norms = mean_norms(model, names) if (is_add and setting.units == "mean_norm") else {}
+    schedule = as_schedule(setting.schedule)
+    plans = {}
+    for h in names:
+        v = vec[h].to(model.device, torch.float32)
+        if setting.heads is not None:
+            if not h.endswith("attn.hook_z"):
+                raise ValueError(f"heads= applies to attn.hook_z directions, not {h!r}")
+            mask = torch.zeros(v.shape[0], 1, device=v.device)
+            for i in setting.heads:
+                if not 0 <= int(i) < v.shape[0]:
+                    raise ValueError(f"head {i} out of range: this model has {v.shape[0]} heads")
+                mask[int(i)] = 1
+            v = v * mask
+        scale = strength * float(check_strength(weights.get(h, 1.0)))
+        if h in norms:
+            n = float(torch.linalg.vector_norm(v))
+            if n == 0:
+                raise ValueError(f"the direction for {h!r} is all zeros")
+            v = v / n
+            scale *= norms[h]
+        plans[h] = _Plan(v, scale, schedule, setting.branch, op, rows)
+    return plans
+
+
+def _hook_fn(plans: list[_Plan]) -> Callable:
+    def steer(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        clock = hook.clock
+        r, s = x.shape[0], x.shape[1]
+        seconds, steps = clock.seconds, clock.steps
+        for p in plans:
+            w = p.schedule(seconds, steps).to(x.device)
+            if p.scale == 0 or not bool(w.any()):
+                continue
+            idx = p.index(clock, r)
+            if len(idx) == 0:
+                continue
+            a = torch.zeros(r, s, device=x.device)
+            a[idx] = p.scale * w
+            x = p.op(x, p.vec, a.view(r, s, *([1] * p.vec.dim())))
+        return x
+    return steer
+
+
+def steering_hooks(model: Any, settings: Sequence[tuple[Steering, Sequence[int] | None]]) -> list:
+    """``(name, fn)`` hooks for a list of ``(setting, rows)`` (rows None = every row)."""
+    by_hook: dict[str, list[_Plan]] = {}
+    for setting, rows in settings:
+        for h, plan in _resolve(setting, model, rows).items():
+            by_hook.setdefault(h, []).append(plan)
+    return [(h, _hook_fn(plans)) for h, plans in by_hook.items()]
+
+
+@contextlib.contextmanager
+def apply(vector: SteeringVector, model: Any, strength: float = 1.0, **kw: Any) -> Iterator[Any]:
+    """Steer every forward call of ``model`` inside the ``with`` block (hooks removed after).
+
+    Keyword arguments are the fields of :class:`Steering` (schedule, branch, operator, units, hooks,
+    weights, heads). Everything is checked before anything is attached.
+    """
+    hooks = steering_hooks(model, [(Steering(vector, strength, **kw), None)])
+    with model.hooks(hooks):
+        yield model
+
+
+class Steerer:
+    """A knob for interactive use: ``set(...)`` a setting, ``generate`` with it, ``reset()``.
+
+    Nothing stays attached between calls: each ``generate`` attaches the current settings for that
+    call only.
+
+    >>> knob = Steerer(model)
+    >>> knob.set(jazz, strength=1.5, schedule=(2, None))
+    >>> out = knob.generate(["rock"], duration=6, seed=0)
+    >>> knob.reset()
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.settings: list[Steering] = []
+
+    def set(self, vector: SteeringVector, strength: float = 1.0, **kw: Any) -> "Steerer":
+        """Replace the current settings with one (checked now, so a slider gets errors at once)."""
+        setting = Steering(vector, strength, **kw)
+        _resolve(setting, self.model, None)
+        self.settings = [setting]
+        return self
+
+    def add(self, vector: SteeringVector, strength: float = 1.0, **kw: Any) -> "Steerer":
+        """Stack one more setting (e.g. several vectors at once)."""
+        setting = Steering(vector, strength, **kw)
+        _resolve(setting, self.model, None)
+        self.settings.append(setting)
+        return self
+
+    def reset(self) -> "Steerer":
+        self.settings = []
+        return self
+
+    def hooks(self) -> list:
+        return steering_hooks(self.model, [(s, None) for s in self.settings])
+
+    def generate(self, prompts: Sequence[str | None] | str, duration: float, **kw: Any) -> Any:
+        extra = list(kw.pop("fwd_hooks", []))
+        return self.model.generate(prompts, duration, fwd_hooks=self.hooks() + extra, **kw)
+
+    def __repr__(self) -> str:
+        return f"Steerer({[s.describe() for s in self.settings]})"
+
+
+@dataclasses.dataclass
+class SweepOutput:
+    """A batched sweep: the generation and one row of settings per generated clip."""
+
+    output: Any
+    rows: Any  # pandas DataFrame: clip, prompt, setting index and its fields
+
+
+def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Steering | None],
+          duration: float, **generate_kw: Any) -> SweepOutput:
+    """Generate every prompt under every setting in **one** batched generate.
+
+    Clip ``i * len(prompts) + j`` is prompt ``j`` under setting ``i`` (None = unsteered). Rows of a
+    sweep share one random stream, so they match separate calls in distribution, not bit for bit.
+    """
+    import pandas as pd
+    prompts = list(prompts)
+    batch_prompts, pairs, table = [], [], []
+    for i, setting in enumerate(settings):
+        rows = list(range(i * len(prompts), (i + 1) * len(prompts)))
+        batch_prompts += prompts
+        if setting is not None:
+            pairs.append((setting, rows))
+        desc = setting.describe() if setting is not None else dict(source="none", strength=0.0)
+        for j, p in enumerate(prompts):
+            table.append(dict(clip=rows[j], prompt=p, setting=i, **desc))
+    hooks = steering_hooks(model, pairs)
+    extra = list(generate_kw.pop("fwd_hooks", []))
+    out = model.generate(batch_prompts, duration, fwd_hooks=hooks + extra, **generate_kw)
+    return SweepOutput(out, pd.DataFrame(table))
