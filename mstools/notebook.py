@@ -1,0 +1,70 @@
+"""The one set-up call every notebook makes.
+
+>>> from mstools.notebook import setup
+>>> nb = setup(MODEL="testbed")          # loads the model, pins threads, seeds, says what it runs on
+>>> nb.model, nb.quick, nb.size(256, quick=32)
+
+Under test (``MSTOOLS_TEST=1``, set by ``make test``) ``nb.quick`` is True and ``nb.size`` returns the
+small number, so every notebook runs in a few minutes on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+__all__ = ["setup", "Notebook", "under_test"]
+
+
+def under_test() -> bool:
+    """True when notebooks run under the test suite (``MSTOOLS_TEST=1``)."""
+    return os.environ.get("MSTOOLS_TEST", "") not in ("", "0", "false", "False")
+
+
+@dataclasses.dataclass
+class Notebook:
+    """What a notebook needs: the model, whether to shrink work, where to write."""
+
+    model: Any
+    model_name: str
+    quick: bool
+    device: str
+    outputs: str
+
+    def size(self, full: int, quick: int) -> int:
+        """``quick`` under test, ``full`` otherwise."""
+        return quick if self.quick else full
+
+
+def setup(MODEL: str = "testbed", *, device: str | None = None, seed: int = 0,
+          threads: int | None = None, outputs: str = "outputs", quiet: bool = False) -> Notebook:
+    """Load ``MODEL`` (``"testbed"``, ``"random-tiny"``/``"random-small"``, or a checkpoint) and set up.
+
+    A real checkpoint whose weights are missing falls back to the testbed, and says so.
+    """
+    import warnings
+
+    import mstools
+    quick = under_test()
+    if threads or quick:
+        torch.set_num_threads(threads or 1)
+    torch.manual_seed(seed)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = MODEL
+    if MODEL.startswith("random-"):
+        model = mstools.build_musicgen(MODEL.split("-", 1)[1], seed=seed, device=device)
+    else:
+        try:
+            model = mstools.load_musicgen(MODEL, device=device)
+        except mstools.MissingWeightsError as e:
+            warnings.warn(f"{e}\n-> running on the testbed instead.")
+            name = "testbed"
+            model = mstools.load_musicgen("testbed", device=device)
+    os.makedirs(outputs, exist_ok=True)
+    if not quiet:
+        print(f"{model}\ndevice: {device}, torch threads: {torch.get_num_threads()}"
+              f"{', quick mode (under test)' if quick else ''}")
+    return Notebook(model=model, model_name=name, quick=quick, device=device, outputs=outputs)
