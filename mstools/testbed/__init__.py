@@ -1,0 +1,26 @@
+"""The testbed: a tiny MusicGen trained on procedural music whose generating factors are known.
+
+- :mod:`.music`        the procedural grammar (genre, tempo, instrument, dynamics -> 4 code streams)
+- :mod:`.codec`        ``SynthCodec``, a deterministic synthesiser on audiocraft's ``CompressionModel`` API
+- :mod:`.conditioner`  word-level text conditioner (condition name ``description``)
+- :mod:`.model`        ``build_testbed_musicgen`` (random weights) / ``load_testbed_musicgen`` (trained)
+- :mod:`.score`        ``score``: labels and log-likelihood of codes under the grammar itself
+- :mod:`.train`        ``python -m mstools.testbed.train``;  :mod:`.evaluate_testbed` measures adherence
+
+Example:
+
+>>> from mstools.testbed import load_testbed_musicgen, score
+>>> model = load_testbed_musicgen()
+>>> wav, codes = model.generate(["fast rock with brass"], return_tokens=True)
+>>> score(codes).loc[0, ["genre", "tempo", "instrument"]].tolist()     # doctest: +SKIP
+['rock', 'fast', 'brass']
+"""
+from .codec import SynthCodec
+from .model import build_testbed_musicgen, load_testbed_musicgen
+from .music import DYNAMICS, FACTORS, GENRES, INSTRUMENTS, TEMPOS, make_dataset, sample_clip
+from .score import score
+
+__all__ = [
+    "GENRES", "TEMPOS", "INSTRUMENTS", "DYNAMICS", "FACTORS", "score", "SynthCodec", "sample_clip",
+    "make_dataset", "build_testbed_musicgen", "load_testbed_musicgen",
+]

@@ -1,0 +1,162 @@
+"""Measure the trained testbed: prompt adherence per factor under CFG, and grammar log-likelihood.
+
+    python -m mstools.testbed.evaluate_testbed [--weights DIR] [--seed S] [--seconds 6] [--no-write]
+
+- Full prompts: the 64 combinations of the four factors ("loud fast rock with brass", ...), one clip
+  each, generated in one batch with ``MusicGen.generate`` (CFG on, testbed defaults) from a fixed
+  seed; scored by the grammar (:func:`mstools.testbed.score.score`); adherence = share of clips
+  whose grammar label equals the prompted label, per factor; also per 1 s segment (a single timing
+  slip mid-clip makes a whole clip "none" but only one segment).
+- Genre-only prompts ("rock", ...; 16 clips each genre): genre adherence without other words.
+- Unconditional clips: how grammatical the model is without a prompt.
+- The same for the untrained model (random weights, same shapes) as the baseline, and the
+  log-likelihood of fresh procedural clips as the reference for quality.
+
+Results go to the manifest's ``evaluation`` field (the weights file, and so its sha256, is
+unchanged) and two example wavs are written to ``examples/`` (decoded with ``SynthCodec``).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from pathlib import Path
+import tempfile
+import time
+import typing as tp
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+from .model import MANIFEST_FILE, WEIGHTS_DIR, atomic_write_bytes, build_testbed_musicgen, load_testbed_musicgen, read_manifest
+from .music import DYNAMICS, FACTORS, FRAME_RATE, GENRES, INSTRUMENTS, TEMPOS, make_dataset, stack_codes
+from .score import score
+
+__all__ = ["full_prompts", "adherence", "evaluate", "write_examples", "main"]
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLE_PROMPTS = {"fast_rock_with_brass": "fast rock with brass", "soft_classical_piano": "soft classical piano"}
+
+
+def full_prompts() -> tuple[list[str], list[dict[str, str]]]:
+    """The 64 prompts naming every factor, with their labels."""
+    prompts, labels = [], []
+    for dyn, tempo, genre, inst in itertools.product(DYNAMICS, TEMPOS, GENRES, INSTRUMENTS):
+        prompts.append(f"{dyn} {tempo} {genre} with {inst}")
+        labels.append({"genre": genre, "tempo": tempo, "instrument": inst, "dynamics": dyn})
+    return prompts, labels
+
+
+def adherence(scores: pd.DataFrame, labels: tp.Sequence[dict[str, str]]) -> dict[str, float]:
+    """Share of clips whose grammar label equals the requested label, per requested factor."""
+    out = {}
+    for factor in FACTORS:
+        wanted = [lab.get(factor) for lab in labels]
+        if any(w is None for w in wanted):
+            continue
+        out[factor] = float(np.mean(scores[factor].to_numpy() == np.asarray(wanted)))
+    return out
+
+
+def _generate(model, prompts: list[str | None], seed: int, seconds: float) -> torch.Tensor:
+    model.set_generation_params(duration=seconds)
+    torch.manual_seed(seed)
+    if all(p is None for p in prompts):
+        _, codes = model.generate_unconditional(len(prompts), return_tokens=True)
+    else:
+        _, codes = model.generate(prompts, return_tokens=True)
+    return codes
+
+
+def _summary(df: pd.DataFrame) -> dict[str, float]:
+    return {"loglik_mean": round(float(df.loglik.mean()), 4), "error_rate_mean": round(float(df.error_rate.mean()), 4),
+            "none_rate": round(float((df[list(FACTORS)] == "none").any(axis=1).mean()), 4)}
+
+
+def evaluate_model(model, seed: int = 0, seconds: float = 6.0) -> dict:
+    """Adherence and quality of one model (see module docstring)."""
+    prompts, labels = full_prompts()
+    t0 = time.monotonic()
+    codes = _generate(model, prompts, seed, seconds)
+    full = score(codes)
+    segments = score(codes, segment_seconds=1.0)
+    segment_labels = [labels[c] for c in segments["clip"]]
+    genre_prompts = [g for g in GENRES for _ in range(16)]
+    genre_only = score(_generate(model, genre_prompts, seed + 1, seconds))
+    uncond = score(_generate(model, [None] * 16, seed + 2, seconds))
+    return {
+        "full_prompt_adherence": {k: round(v, 4) for k, v in adherence(full, labels).items()},
+        "full_prompt_quality": _summary(full),
+        "full_prompt_adherence_1s_segments": {k: round(v, 4) for k, v in adherence(segments, segment_labels).items()},
+        "genre_only_adherence": round(float(np.mean(genre_only.genre.to_numpy() == np.asarray(genre_prompts))), 4),
+        "genre_only_quality": _summary(genre_only),
+        "unconditional_quality": _summary(uncond),
+        "seconds": seconds, "clips": len(prompts) + len(genre_prompts) + 16,
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+
+
+def evaluate(weights: str | os.PathLike | None = None, seed: int = 0, seconds: float = 6.0) -> dict:
+    """Evaluate the trained model beside the untrained baseline and procedural clips."""
+    trained = load_testbed_musicgen(weights)
+    untrained = build_testbed_musicgen(trained.lm.testbed_config, seed=seed + 12345)
+    frames = int(round(seconds * FRAME_RATE))
+    procedural = score(stack_codes(make_dataset(64, frames, seed=seed + 777)))
+    return {
+        "trained": evaluate_model(trained, seed, seconds),
+        "untrained": evaluate_model(untrained, seed, seconds),
+        "procedural": _summary(procedural),
+        "seed": seed,
+    }
+
+
+def write_examples(model, out_dir: str | os.PathLike = EXAMPLES_DIR, seconds: float = 4.0, seed: int = 0) -> list[Path]:
+    """Generate and write ``fast_rock_with_brass.wav`` and ``soft_classical_piano.wav`` (16-bit PCM)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    codes = _generate(model, list(EXAMPLE_PROMPTS.values()), seed, seconds)
+    wav = model.compression_model.decode(codes)
+    paths = []
+    for name, audio in zip(EXAMPLE_PROMPTS, wav):
+        path = out_dir / f"{name}.wav"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".wav")
+        os.close(fd)
+        try:
+            sf.write(tmp, audio[0].clamp(-1, 1).numpy(), model.sample_rate, subtype="PCM_16")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        paths.append(path)
+    return paths
+
+
+def main(argv: tp.Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mstools.testbed.evaluate_testbed",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", default=None, help="weights directory (default: the shipped one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave manifest and examples")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = evaluate(args.weights, args.seed, args.seconds)
+    print(json.dumps(results, indent=2))
+    if args.no_write:
+        return
+    manifest, weights = read_manifest(args.weights)
+    manifest["evaluation"] = results
+    atomic_write_bytes(weights.parent / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    if args.weights is None or Path(args.weights).resolve() == WEIGHTS_DIR:
+        for path in write_examples(load_testbed_musicgen(args.weights), seed=args.seed):
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
