@@ -144,6 +144,14 @@ def build_musicgen(scale: str = "tiny", seed: int = 0, *, max_duration: float = 
     return HookedMusicGen(mg, name=f"random-{scale}")
 
 
+def _testbed_reference(n: int = 32, seconds: float = 6.0) -> tuple[torch.Tensor, list[str]]:
+    """Procedural clips with their prompts: the testbed's reference for activation norms."""
+    from .testbed import make_dataset
+    from .testbed.music import FRAME_RATE
+    clips = make_dataset(n, frames=int(seconds * FRAME_RATE), seed=12345)
+    return torch.stack([c.codes for c in clips]), [c.prompt for c in clips]
+
+
 def _checkpoint_files(name: str) -> tuple[Path, Path]:
     """Local paths of ``state_dict.bin`` and ``compression_state_dict.bin`` for a checkpoint."""
     p = Path(os.path.expanduser(name))
@@ -212,7 +220,9 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
         mg.lm.to(device)
         mg.compression_model.to(device)
         mg.device = torch.device(device)
-        return HookedMusicGen(mg, name="testbed")
+        model = HookedMusicGen(mg, name="testbed")
+        model.reference_codes = _testbed_reference
+        return model
     if name in ARCHITECTURES:
         raise ValueError(f"{name!r} is an architecture, not a checkpoint: use build_musicgen({name!r}) "
                          f"for random weights or load_musicgen('facebook/musicgen-{name}')")

@@ -81,7 +81,9 @@ def mean_norms(model: Any, hooks: Sequence[str], codes: torch.Tensor | None = No
     """Mean L2 norm per position of each hook's activation over reference clips (cached on the model).
 
     Reference clips: ``codes`` if given; else ``model.reference_codes()`` when the model provides
-    it (the testbed: procedural clips); else two unconditional clips generated with seed 0.
+    it (the testbed: procedural clips with their prompts); else two clips generated with seed 0 from
+    generic prompts. Conditional prompts matter: with the null condition, cross-attention outputs
+    are ~0 (no attention bias), so their norm would be meaningless.
     For ``attn.hook_z`` the norm is over all heads (``H * Dh``).
     """
     store: dict[str, float] = model.__dict__.setdefault("_mean_norms", {})
@@ -93,7 +95,8 @@ def mean_norms(model: Any, hooks: Sequence[str], codes: torch.Tensor | None = No
                 codes, prompts = ref()
             else:
                 dur = min(2.0, float(model.musicgen.max_duration))
-                codes = model.generate([None, None], duration=dur, seed=0, decode=False).codes
+                prompts = ["music", "a song"]
+                codes = model.generate(prompts, duration=dur, seed=0, decode=False).codes
         if prompts is None:
             prompts = [None] * codes.shape[0]
         _, cache = model.run_with_cache(codes, prompts, names_filter=missing)
