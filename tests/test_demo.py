@@ -1,0 +1,24 @@
+"""The main job end to end (quick size): report, wavs, tables."""
+from __future__ import annotations
+
+import json
+
+import soundfile as sf
+
+from mstools.cli import main
+
+
+def test_demo_quick_writes_report_wavs_and_tables(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--threads", "1"]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<audio") == 4 and "Probes with controls" in html and "Plotly.newPlot" in html
+    wavs = sorted(tmp_path.glob("*.wav"))
+    assert len(wavs) == 4
+    for w in wavs:
+        x, sr = sf.read(w)
+        assert sr == 16000 and len(x) > 0 and abs(x).max() > 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    controls = {r["control"] for r in results["steering"]}
+    assert {"unsteered", "none", "random", "prompted"} <= controls
+    genre = next(r for r in results["probes_best"] if r["target"] == "genre")
+    assert genre["accuracy_mean"] > 0.5  # 4 genres: chance is 0.25
