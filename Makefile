@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/python -m mstools demo --out outputs
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	MSTOOLS_TEST=1 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 tests notebooks
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir notebooks
