@@ -43,12 +43,8 @@ def wav_bytes(audio: torch.Tensor | np.ndarray, sample_rate: int) -> bytes:
 
 def write_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
     """Write a clip as a wav file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(wav_bytes(audio, sample_rate))
-    os.replace(tmp, path)
-    return path
+    from .fileio import atomic_write_bytes
+    return atomic_write_bytes(path, wav_bytes(audio, sample_rate))
 
 
 def audio_html(audio: torch.Tensor | np.ndarray, sample_rate: int, label: str = "") -> str:

@@ -74,9 +74,5 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.html(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        from .fileio import atomic_write_text
+        return atomic_write_text(path, self.html())

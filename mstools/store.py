@@ -51,13 +51,14 @@ import json
 import numbers
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
+
+from .fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from safetensors import safe_open
 from safetensors.torch import save as _safetensors_bytes
 
@@ -108,35 +109,6 @@ class StoreIntegrityError(StoreError):
 
 # ----------------------------------------------------------------------------- file helpers
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported everywhere (e.g. some network filesystems)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
-
-
 def _read_json(path: Path, what: str, hint: str) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -154,14 +126,6 @@ def _read_json(path: Path, what: str, hint: str) -> dict:
         raise StoreError(f"{path} has store format version {data.get('version')!r}; this mstools "
                          f"reads version {FORMAT_VERSION}. Rebuild the store with this version.")
     return data
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _shard_name(rank: int, index: int) -> str:
@@ -324,7 +288,7 @@ class ActivationStore:
             return store
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, **config, **_empty_contents()}
-        _atomic_write_json(path / MANIFEST, manifest)
+        atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 
     @classmethod
@@ -637,7 +601,7 @@ class ActivationStore:
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, **config,
                     "clip_order": order, "shards": shards, "labels": columns,
                     "locations": {"shard": shard_col, "row": row_col}, "num_rows": len(rows)}
-        _atomic_write_json(path / MANIFEST, manifest)
+        atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 
     # ------------------------------------------------------------------ integrity
@@ -674,7 +638,7 @@ class ActivationStore:
                     partial = self._partials().get(rank)
                     if partial is not None:
                         partial["shards"] = [s for s in partial["shards"] if s["file"] not in names]
-                        _atomic_write_json(self._path / _partial_name(rank), partial)
+                        atomic_write_json(self._path / _partial_name(rank), partial)
                     for name in names:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(self._path / name)
@@ -690,7 +654,7 @@ class ActivationStore:
         size = path.stat().st_size
         if size != entry["bytes"]:
             return f"truncated or altered: {size} bytes on disk, {entry['bytes']} expected"
-        if _sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             return "corrupt: sha256 does not match the manifest"
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -857,7 +821,7 @@ class StoreWriter:
             warnings.warn(f"shard(s) {', '.join(lost)} are missing or truncated; their clips are "
                           f"no longer done and will be recomputed", stacklevel=3)
             partial["shards"] = kept
-            _atomic_write_json(partial_path, partial)
+            atomic_write_json(partial_path, partial)
         return partial
 
     # ------------------------------------------------------------------ adding
@@ -987,12 +951,12 @@ class StoreWriter:
         meta = {_META_KEY: json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "rank": self.rank,
                                        "index": self._next_index, "labels": labels})}
         data = _safetensors_bytes(tensors, metadata=meta)
-        _atomic_write_bytes(self.store.path / name, data)
+        atomic_write_bytes(self.store.path / name, data)
         entry = {"file": name, "index": self._next_index, "rows": self._buffered_rows,
                  "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "clips": clips}
         del data, tensors
         self._partial["shards"].append(entry)
-        _atomic_write_json(self.store.path / _partial_name(self.rank), self._partial)
+        atomic_write_json(self.store.path / _partial_name(self.rank), self._partial)
         self._done.update(clips)
         self._next_index += 1
         self._buffer, self._buffered_rows = [], 0
@@ -1005,7 +969,7 @@ class StoreWriter:
             self._flush()
             partial_path = self.store.path / _partial_name(self.rank)
             if not partial_path.exists():  # nothing written: still record the rank for merge
-                _atomic_write_json(partial_path, self._partial)
+                atomic_write_json(partial_path, self._partial)
         finally:
             self._release()
         if self.world_size == 1:

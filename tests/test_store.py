@@ -186,7 +186,7 @@ def test_resume_after_a_kill_between_shard_and_manifest(tmp_path, monkeypatch):
     clips = list(range(10))
     ref = reference(tmp_path, clips)
     store = make_store(tmp_path / "s")
-    real = store_module._atomic_write_json
+    real = store_module.atomic_write_json
     calls = {"partial": 0}
 
     def dies_on_second_partial_manifest(path, obj):
@@ -196,11 +196,11 @@ def test_resume_after_a_kill_between_shard_and_manifest(tmp_path, monkeypatch):
                 raise Interrupt()
         real(path, obj)
 
-    monkeypatch.setattr(store_module, "_atomic_write_json", dies_on_second_partial_manifest)
+    monkeypatch.setattr(store_module, "atomic_write_json", dies_on_second_partial_manifest)
     with pytest.raises(Interrupt):
         with store.writer(shard_rows=4) as w:
             write(w, clips)
-    monkeypatch.setattr(store_module, "_atomic_write_json", real)
+    monkeypatch.setattr(store_module, "atomic_write_json", real)
     assert (tmp_path / "s" / "rank000-00001.safetensors").exists()
     assert store.done_clips() == {f"clip{i:03d}" for i in range(4)}
     with store.writer(shard_rows=4) as w:

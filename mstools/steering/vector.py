@@ -34,7 +34,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -345,19 +344,8 @@ class SteeringVector:
                                  "units": self.units, "meta": self.meta, "version": FORMAT_VERSION})
         except (TypeError, ValueError) as e:
             raise TypeError(f"cannot save: meta must be JSON-serialisable ({e})") from None
-        from safetensors.torch import save_file
-
-        tensors = {h: v.detach().cpu().contiguous() for h, v in self.directions.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={FORMAT_KEY: FORMAT_NAME, _HEADER_KEY: header})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from ..fileio import save_safetensors
+        save_safetensors(self.directions, path, metadata={FORMAT_KEY: FORMAT_NAME, _HEADER_KEY: header})
         return path
 
     @classmethod
