@@ -32,13 +32,13 @@ class DemoConfig:
     probe_seeds: tuple[int, ...] = (0, 1, 2)
     steer_prompts: int = 16
     steer_seeds: tuple[int, ...] = (0, 1)
-    strengths: tuple[float, ...] = (0.1, 0.2, 0.3)
+    strengths: tuple[float, ...] = (0.5, 0.75)
     umap: bool = True
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         return cls(clips=96, seconds=4.0, probe_seeds=(0, 1), steer_prompts=4, steer_seeds=(0,),
-                   strengths=(0.2,), umap=True)
+                   strengths=(0.5,), umap=True)
 
 
 def _log(msg: str) -> None:
@@ -63,7 +63,7 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) ->
     from .projections import direction_arrows, pca, umap_embed
     from .report import Report
     from .sources import testbed_clips
-    from .steering import Steering
+    from .steering import Steering, schedules
     from .testbed import FACTORS, GENRES, build_testbed_musicgen
 
     cfg = DemoConfig.quick() if quick else DemoConfig()
@@ -106,7 +106,12 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) ->
             .sort_values("accuracy_mean", ascending=False).groupby("target").head(1))
     report.table(best[["target", "hook", "accuracy_mean", "accuracy_lo", "accuracy_hi"]]
                  if "accuracy_lo" in best else best)
-    genre_hook = str(best.set_index("target").loc["genre", "hook"])
+    # steer where genre first becomes linearly readable (the earliest layer within 0.05 of the best
+    # probe): later layers read it as well but steer worse (see mstools/testbed/findings.md)
+    genre_rows = summary.query("control == 'none' and model == 'trained' and method == 'logistic' "
+                               "and target == 'genre'").sort_values("layer")
+    top = float(genre_rows["accuracy_mean"].max())
+    genre_hook = str(genre_rows[genre_rows["accuracy_mean"] >= top - 0.05].iloc[0]["hook"])
 
     # 3. directions ---------------------------------------------------------------------------
     _log(f"genre directions at {genre_hook}")
@@ -134,22 +139,33 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) ->
 
     # 4. steering -----------------------------------------------------------------------------
     _log("steering evaluation")
-    prompts = [p for p in ("fast brass", "slow piano", "loud strings", "soft synth")
-               for _ in range(max(1, cfg.steer_prompts // 4))]
+    prompts = [None] * cfg.steer_prompts
+    pulse = schedules.window(0.0, 2.0)
     trials = []
-    for target in ("jazz", "rock"):
+    for target in GENRES:
         for method, d in (("diff_means", dm[target]), ("ridge", from_probe(fitted["ridge"], target)),
                           ("logistic", from_probe(fitted["logistic"], target))):
             for a in cfg.strengths:
                 trials.append(evaluate.Trial(f"{method} -> {target}, a={a}",
-                                             Steering(_vector(d, model), a, branch="both"),
-                                             {"genre": target}))
+                                             Steering(_vector(d, model), a, schedule=pulse,
+                                                      branch="both"), {"genre": target}))
     table = evaluate.steering(model, trials, prompts, seeds=cfg.steer_seeds, duration=cfg.seconds)
     steer_summary = evaluate.summarize(table)
     report.heading("3. Steering toward a genre, with controls")
-    report.text("Clips generated from prompts that name other factors but not genre, steered on "
-                "both CFG branches; labels read by the procedural grammar. `random`: a random "
-                "direction of the same norm; `prompted`: the target genre asked for in the prompt.")
+    report.text(f"Unconditional clips steered at `{genre_hook}` during the first 2 s (a pulse: the "
+                "model then carries the genre in its context), on both CFG branches; genre read by "
+                "the procedural grammar. `random`: a random direction of the same norm; `prompted`: "
+                "the target genre asked for in the prompt; `unsteered`: about a quarter of "
+                "unconditional clips already have any given genre.")
+    by_method = steer_summary.copy()
+    by_method["method"] = by_method["trial"].str.split(" ->").str[0]
+    by_method["strength"] = by_method["trial"].str.extract(r"a=([0-9.]+)")[0]
+    agg = (by_method[by_method.control.isin(["none", "random"])]
+           .groupby(["method", "strength", "control"], as_index=False)
+           .agg(success=("success", "mean"), loglik=("loglik", "mean"), n=("n", "sum")))
+    report.text("Averaged over the four target genres:")
+    report.table(agg)
+    report.text("Per target genre:")
     report.table(steer_summary)
 
     # 5. audio --------------------------------------------------------------------------------
@@ -158,13 +174,14 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) ->
     trial = next(t for t in trials if t.name == best_trial)
     plain = model.generate(prompts[:2], cfg.seconds, seed=seed)
     from .steering import apply
-    with apply(trial.steering.vector, model, trial.steering.strength, branch="both"):
+    with apply(trial.steering.vector, model, trial.steering.strength,
+               schedule=trial.steering.schedule, branch="both"):
         steered = model.generate(prompts[:2], cfg.seconds, seed=seed)
     clips = []
     for i, p in enumerate(prompts[:2]):
         for tag, o in (("unsteered", plain), ("steered", steered)):
-            path = write_wav(out / f"{tag}_{i}_{p.replace(' ', '_')}.wav", o.audio[i], o.sample_rate)
-            clips.append((f"{p} — {tag} ({path.name})", o.audio[i], o.sample_rate))
+            path = write_wav(out / f"{tag}_{i}.wav", o.audio[i], o.sample_rate)
+            clips.append((f"clip {i} — {tag} ({path.name})", o.audio[i], o.sample_rate))
     report.heading(f"4. Listen: {best_trial}")
     report.audio(clips)
     report.figure(spectrogram(steered.audio[0], steered.sample_rate, title="steered clip",
