@@ -68,7 +68,8 @@ class Direction:
 
     def __post_init__(self) -> None:
         if not isinstance(self.vector, Tensor) or self.vector.ndim != 1:
-            raise ValueError(f"Direction.vector must be a 1-D tensor [D], got {getattr(self.vector, 'shape', self.vector)}")
+            got = getattr(self.vector, "shape", self.vector)
+            raise ValueError(f"Direction.vector must be a 1-D tensor [D], got {got}")
         if not bool(torch.isfinite(self.vector).all()):
             raise ValueError(f"Direction {self.label!r} at {self.hook!r} has non-finite entries")
 
@@ -121,7 +122,9 @@ def from_probe(probe: "Probe", label: str | None = None, minus: str | None = Non
     return Direction.from_vector(v, probe.hook, name, probe.method, meta)
 
 
-def from_probes(probes: Mapping[str, "Probe"], label: str | None = None, minus: str | None = None) -> dict[str, Direction]:
+def from_probes(
+    probes: Mapping[str, "Probe"], label: str | None = None, minus: str | None = None
+) -> dict[str, Direction]:
     """:func:`from_probe` for every hook of ``{hook: Probe}`` (as returned by ``fit_probes``)."""
     return {h: from_probe(p, label, minus) for h, p in probes.items()}
 
@@ -207,7 +210,8 @@ def pca_directions(X: Tensor, k: int = 3, *, hook: str = "") -> list[Direction]:
 
     p = pca(X, k)
     return [
-        Direction(p.components[i].float().clone(), hook, f"pc{i + 1}", "pca", float(p.explained_variance[i]) ** 0.5,
+        Direction(p.components[i].float().clone(), hook, f"pc{i + 1}", "pca",
+                  float(p.explained_variance[i]) ** 0.5,
                   {"explained_variance_ratio": float(p.explained_variance_ratio[i]), "source": "pca"})
         for i in range(p.components.shape[0])
     ]
@@ -216,8 +220,8 @@ def pca_directions(X: Tensor, k: int = 3, *, hook: str = "") -> list[Direction]:
 def random_direction(dim: int, seed: int = 0, *, hook: str = "") -> Direction:
     """A uniformly random unit direction (a control for steering: same norm, no meaning)."""
     g = torch.Generator().manual_seed(seed)
-    return Direction.from_vector(torch.randn(dim, generator=g, dtype=torch.float64), hook, f"random{seed}", "random",
-                                 {"seed": seed, "source": "random"})
+    v = torch.randn(dim, generator=g, dtype=torch.float64)
+    return Direction.from_vector(v, hook, f"random{seed}", "random", {"seed": seed, "source": "random"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +289,9 @@ def _digest(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_directions(path: str | os.PathLike, directions: Sequence[Direction] | Mapping[Any, Direction] | Direction) -> Path:
+def save_directions(
+    path: str | os.PathLike, directions: Sequence[Direction] | Mapping[Any, Direction] | Direction
+) -> Path:
     """Write directions to one safetensors file (atomic: temp file in the same folder, then rename).
 
     Tensors ``"0", "1", ...`` hold the vectors; the file's metadata holds ``format``, ``version``, a
@@ -333,14 +339,14 @@ def load_directions(path: str | os.PathLike) -> list[Direction]:
         raise ValueError(f"{path} is not an mstools directions file (format={metadata.get('format')!r}); "
                          f"write it with mstools.directions.save_directions")
     if metadata.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has directions format version {metadata.get('version')!r}; this mstools reads "
-                         f"version {FORMAT_VERSION}")
+        raise ValueError(f"{path} has directions format version {metadata.get('version')!r}; "
+                         f"this mstools reads version {FORMAT_VERSION}")
     if _digest(tensors) != metadata.get("sha256"):
         raise ValueError(f"{path} is corrupt: its vectors do not match the checksum stored in the file; "
                          f"re-create it from its source")
     try:
         entries = json.loads(metadata["directions"])
-        return [Direction(tensors[e["key"]], e["hook"], e["label"], e["method"], float(e["norm"]), e.get("meta", {}))
-                for e in entries]
+        return [Direction(tensors[e["key"]], e["hook"], e["label"], e["method"], float(e["norm"]),
+                          e.get("meta", {})) for e in entries]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} has invalid direction metadata ({e}); re-create the file") from e

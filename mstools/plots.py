@@ -79,7 +79,8 @@ def layer_curve(
     color_keys = list(dict.fromkeys(zip(s["method"], s["target"], s["kind"])))
     pct = int(round(confidence * 100))
     fig = go.Figure()
-    for (model, control, meth, tgt, kind), g in s.groupby(["model", "control", "method", "target", "kind"], sort=False):
+    keys = ["model", "control", "method", "target", "kind"]
+    for (model, control, meth, tgt, kind), g in s.groupby(keys, sort=False):
         g = g.sort_values("layer")
         color = _COLORS[color_keys.index((meth, tgt, kind)) % len(_COLORS)]
         dash = "dot" if control != "none" else ("solid" if model == first else "dash")
@@ -136,15 +137,19 @@ def similarity_heatmap(df: pd.DataFrame, *, title: str | None = None) -> go.Figu
     """Heatmap of a square similarity table (e.g. :func:`mstools.directions.cosine_matrix`), scale -1..1."""
     M = df.to_numpy(dtype=float)
     text = [["" if not np.isfinite(v) else f"{v:.2f}" for v in row] for row in M]
-    fig = go.Figure(go.Heatmap(z=M, x=[str(c) for c in df.columns], y=[str(i) for i in df.index], zmin=-1, zmax=1,
-                               colorscale="RdBu", reversescale=True, text=text, texttemplate="%{text}",
-                               name="cosine"))
+    fig = go.Figure(go.Heatmap(z=M, x=[str(c) for c in df.columns], y=[str(i) for i in df.index],
+                               zmin=-1, zmax=1, colorscale="RdBu", reversescale=True, text=text,
+                               texttemplate="%{text}", name="cosine"))
     fig.update_layout(title=title or "cosine similarity", yaxis_autorange="reversed", template="plotly_white")
     return fig
 
 
 def projection_scatter(
-    points_2d: "torch.Tensor | np.ndarray", labels: Sequence, directions_2d: pd.DataFrame | None = None, *, title: str | None = None,
+    points_2d: "torch.Tensor | np.ndarray",
+    labels: Sequence,
+    directions_2d: pd.DataFrame | None = None,
+    *,
+    title: str | None = None,
 ) -> go.Figure:
     """Scatter of 2-D points coloured by label, with directions as arrows.
 

@@ -166,8 +166,10 @@ def direction_arrows(
         O = torch.stack([torch.as_tensor(origins[n] if n in origins else origins[lab]).double().reshape(-1)
                          for (n, _), lab in zip(items, labels)])
     else:
-        O = torch.as_tensor(origins) if isinstance(origins, Tensor) else torch.stack([torch.as_tensor(o) for o in origins])
-        O = O.double()
+        if isinstance(origins, Tensor):
+            O = origins.double()
+        else:
+            O = torch.stack([torch.as_tensor(o) for o in origins]).double()
         O = O.unsqueeze(0).expand(len(items), -1) if O.ndim == 1 else O
     V = torch.stack([v.double().reshape(-1) / v.double().norm() for _, v in items])
     if O.shape != V.shape:

@@ -84,13 +84,25 @@ def test_ridge_singular_gram_is_refused_with_advice():
 
 
 def test_centered_gram_equals_numpy_centered_product():
-    X = _anisotropic(2, 30, 5).float()
-    G, mu = centered_gram(X)
-    Xn = X.double().numpy()
+    X = _anisotropic(2, 300, 260)  # D >= 256: the block lower-triangle path
+    Xn = X.numpy()
+    G, mu = centered_gram(X, dtype=torch.float64)
+    G_low, _ = centered_gram(X, dtype=torch.float64, lower_only=True)
     for l in range(2):
         Xc = Xn[l] - Xn[l].mean(0)
-        np.testing.assert_allclose(G[l].double().numpy(), Xc.T @ Xc, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(G[l].numpy(), Xc.T @ Xc, rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(G_low[l].numpy(), np.tril(Xc.T @ Xc), rtol=1e-10, atol=1e-8)
         np.testing.assert_allclose(mu[l].numpy(), Xn[l].mean(0), rtol=1e-12)
+
+
+def test_ridge_blocked_cholesky_path_matches_sklearn():
+    X = _anisotropic(2, 400, 300)  # D > 128: multi-block Cholesky on a lower-triangle Gram
+    Y = torch.randn(400, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fit = fit_ridge(X, Y, alpha=3.0, dtype=torch.float64)
+    for l in range(2):
+        ref = Ridge(alpha=3.0).fit(X[l].numpy(), Y.numpy())
+        np.testing.assert_allclose(fit.weight[l].numpy(), ref.coef_.T, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(fit.scores(X)[l].numpy(), ref.predict(X[l].numpy()), rtol=1e-7, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------- logistic
@@ -114,18 +126,27 @@ def test_logistic_matches_sklearn(K, precondition):
         np.testing.assert_allclose(coef, ref.coef_[0] if K == 2 else ref.coef_, atol=1e-5)
 
 
+def _objective(X, y, W, b, C):
+    """scikit-learn's scaled objective: mean cross-entropy + ||W||^2 / (2 C N)."""
+    logp = torch.log_softmax(X @ W + b, -1)
+    return float(-logp[torch.arange(len(y)), y].mean() + (W**2).sum() / (2 * C * len(y)))
+
+
 def test_logistic_float32_defaults_agree_with_sklearn_defaults():
     feats, labels, y = _structured(n_clips=80, frames=2, D=16, signal=0.6)
     X = torch.stack(list(feats.values()))
-    X = (X - X.mean(1, keepdim=True)) / X.std(1, keepdim=True)
-    fit = fit_logistic(X, y)  # float32, C=1, tol=1e-4, max_iter=100
+    X = ((X - X.mean(1, keepdim=True)) / X.std(1, keepdim=True)).double()
+    fit = fit_logistic(X.float(), y)  # float32, C=1, tol=1e-4, max_iter=100, auto preconditioner
+    exact = fit_logistic(X, y, tol=1e-10, max_iter=2000, dtype=torch.float64)
     for l in range(2):
-        ref = LogisticRegression().fit(X[l].double().numpy(), y.numpy())
-        P = torch.softmax(fit.scores(X)[l].double(), -1).numpy()
-        # both stop at the first iterate with max |gradient| <= 1e-4: close, not identical
-        assert np.abs(P - ref.predict_proba(X[l].double().numpy())).max() < 1e-2
-        agree = (P.argmax(1) == ref.predict(X[l].double().numpy())).mean()
-        assert agree > 0.99
+        ref = LogisticRegression().fit(X[l].numpy(), y.numpy())
+        W_ref, b_ref = torch.as_tensor(ref.coef_.T), torch.as_tensor(ref.intercept_)
+        best = _objective(X[l], y, exact.weight[l], exact.bias[l], 1.0)
+        # both stop at the first iterate with max |gradient| <= 1e-4: near the same optimum
+        assert _objective(X[l], y, fit.weight[l].double(), fit.bias[l].double(), 1.0) - best < 1e-4
+        assert _objective(X[l], y, W_ref, b_ref, 1.0) - best < 1e-4
+        agree = (fit.scores(X.float())[l].argmax(-1).numpy() == ref.predict(X[l].numpy())).mean()
+        assert agree > 0.97
 
 
 # ---------------------------------------------------------------------------- seed recipe
