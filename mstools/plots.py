@@ -37,6 +37,10 @@ def _hook_kind(hook: str) -> str:
     return hook
 
 
+#: Metrics with a bounded range: interval bands are clipped to it.
+_BOUNDED = {"accuracy": (0.0, 1.0), "f1_macro": (0.0, 1.0), "r2": (-np.inf, 1.0)}
+
+
 def layer_curve(
     df: pd.DataFrame,
     metric: str = "accuracy",
@@ -91,11 +95,14 @@ def layer_curve(
         fig.add_trace(go.Scatter(x=x, y=g[f"{metric}_mean"], mode="lines+markers", name=name,
                                  line=dict(color=color, dash=dash), legendgroup=name))
         lo, hi = g[f"{metric}_lo"].to_numpy(dtype=float), g[f"{metric}_hi"].to_numpy(dtype=float)
+        if metric in _BOUNDED:  # a t-interval over few seeds can leave the metric's range
+            lo, hi = np.clip(lo, *_BOUNDED[metric]), np.clip(hi, *_BOUNDED[metric])
         ok = np.isfinite(lo) & np.isfinite(hi)
         if ok.any():
             fig.add_trace(go.Scatter(
                 x=np.concatenate([x[ok], x[ok][::-1]]), y=np.concatenate([hi[ok], lo[ok][::-1]]),
-                fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
+                mode="lines", fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0),
+                hoverinfo="skip",
                 name=f"{name} ({pct}% interval)", legendgroup=name, showlegend=False))
     fig.update_layout(title=title or f"{metric} per layer (mean over seeds, {pct}% interval)",
                       xaxis_title="layer", yaxis_title=metric, template="plotly_white")

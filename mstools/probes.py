@@ -618,7 +618,8 @@ def fit_logistic(
         return f, torch.cat([gV.reshape(-1, DK), gb / bscale], 1), gmax
 
     theta0 = torch.zeros(L, DK + K, dtype=dtype)
-    first = None if R is None else torch.ones(L, dtype=dtype)  # preconditioned: unit Newton-like step
+    # whitened (gram): the unit step is Newton-like at W = 0; otherwise scipy's first step 1 / ||g||
+    first = torch.ones(L, dtype=dtype) if precondition == "gram" else None
     ftol = 64 * torch.finfo(dtype).eps
     theta, n_iter, converged = _lbfgs(fg, theta0, tol=tol, max_iter=max_iter, history=history, ftol=ftol,
                                       first_step=first)
