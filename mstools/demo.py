@@ -165,6 +165,9 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) ->
            .agg(success=("success", "mean"), loglik=("loglik", "mean"), n=("n", "sum")))
     report.text("Averaged over the four target genres:")
     report.table(agg)
+    report.figure(plots.steering_curve(agg, x="strength", by="method",
+                                       title="genre steering: success (solid; dashed = random "
+                                             "direction) and grammar loglik (dotted) vs strength"))
     report.text("Per target genre:")
     report.table(steer_summary)
 

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["layer_curve", "confusion_matrix", "similarity_heatmap", "projection_scatter"]
+__all__ = ["layer_curve", "confusion_matrix", "similarity_heatmap", "projection_scatter", "steering_curve"]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22"]
@@ -184,4 +184,41 @@ def projection_scatter(
                                text="")
     fig.update_layout(title=title or "projection", template="plotly_white", xaxis_title="dim 1",
                       yaxis_title="dim 2")
+    return fig
+
+
+def steering_curve(summary: pd.DataFrame, *, x: str = "strength", success: str = "success",
+                   quality: str = "loglik", by: str = "method", title: str | None = None) -> go.Figure:
+    """Steering success vs strength (left axis, one line per ``by`` group, dashed = random control)
+    with quality (e.g. grammar ``loglik``) on a second axis (dotted).
+
+    ``summary``: rows with columns ``x``, ``success``, ``quality``, ``by`` and optionally ``control``
+    (``"none"`` / ``"random"``), e.g. :func:`mstools.evaluate.summarize` output with a strength column.
+    """
+    from plotly.subplots import make_subplots
+    need = {x, success, quality, by}
+    missing = need - set(summary.columns)
+    if missing:
+        raise KeyError(f"steering_curve needs columns {sorted(missing)}; have {list(summary.columns)}")
+    s = summary.copy()
+    if "control" not in s.columns:
+        s["control"] = "none"
+    s[x] = s[x].astype(float)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for i, (name, g) in enumerate(s.groupby(by, sort=False)):
+        color = _COLORS[i % len(_COLORS)]
+        for control, gc in g.groupby("control", sort=False):
+            gc = gc.groupby(x, as_index=False)[[success, quality]].mean().sort_values(x)
+            dash = "solid" if control == "none" else "dash"
+            label = f"{name}" + ("" if control == "none" else f" · {control}")
+            fig.add_trace(go.Scatter(x=gc[x], y=gc[success], mode="lines+markers", name=label,
+                                     line=dict(color=color, dash=dash)), secondary_y=False)
+            if control == "none":
+                fig.add_trace(go.Scatter(x=gc[x], y=gc[quality], mode="lines+markers",
+                                         name=f"{name} · {quality}", line=dict(color=color, dash="dot"),
+                                         marker=dict(symbol="x")), secondary_y=True)
+    fig.update_yaxes(title_text=success, range=[-0.02, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text=f"{quality} (dotted)", secondary_y=True)
+    fig.update_layout(title=title or f"{success} and {quality} vs {x}", xaxis_title=x,
+                      template="plotly_white")
     return fig

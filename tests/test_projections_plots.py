@@ -142,3 +142,16 @@ def test_direction_objects_keep_names_in_arrows():
     d = Direction.from_vector(torch.ones(8), "blocks.0.hook_resid_post", "genre=jazz", "ridge")
     arrows = direction_arrows(pca(X, 2), {"mine": d})
     assert list(arrows["name"]) == ["mine"]
+
+
+def test_steering_curve_traces_follow_the_table():
+    import pandas as pd
+    from mstools.plots import steering_curve
+    df = pd.DataFrame({"method": ["a", "a", "a", "a"], "strength": [0.5, 1.0, 0.5, 1.0],
+                       "control": ["none", "none", "random", "random"],
+                       "success": [0.2, 0.8, 0.1, 0.0], "loglik": [-1.0, -2.0, -1.1, -1.5]})
+    fig = steering_curve(df)
+    names = [t.name for t in fig.data]
+    assert names == ["a", "a · loglik", "a · random"]
+    assert list(fig.data[0].y) == [0.2, 0.8] and list(fig.data[1].y) == [-1.0, -2.0]
+    assert fig.data[1].yaxis == "y2"
