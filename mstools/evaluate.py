@@ -86,6 +86,9 @@ def steering(model: Any, trials: Sequence[Trial], prompts: Sequence[str | None],
         controls: any of ``"unsteered"``, ``"random"``, ``"prompted"``.
     """
     scorer = scorer or _default_scorer(model)
+    if segment_seconds is not None:
+        import functools
+        scorer = functools.partial(scorer, segment_seconds=segment_seconds)
     bad = set(controls) - {"unsteered", "random", "prompted"}
     if bad:
         raise ValueError(f"unknown controls {sorted(bad)}")

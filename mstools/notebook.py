@@ -48,6 +48,9 @@ def setup(MODEL: str = "testbed", *, device: str | None = None, seed: int = 0,
 
     import mstools
     quick = under_test()
+    if quick:  # tests never reach for the hub (a missing checkpoint falls back at once)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if threads or quick:
         torch.set_num_threads(threads or 1)
     torch.manual_seed(seed)

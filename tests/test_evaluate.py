@@ -70,3 +70,14 @@ def test_nll_matches_manual_cross_entropy(model):
                 total -= float(torch.log_softmax(logits[b, k, s], -1)[t])
                 count += 1
         assert math.isclose(float(got[b]), total / count, rel_tol=1e-4)
+
+
+def test_segments_are_scored_when_asked(model):
+    h = "blocks.1.hook_resid_post"
+    v = SteeringVector({h: torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))},
+                       model.fingerprint, source="rand")
+    trials = [evaluate.Trial("t", Steering(v, 0.3, branch="both"), {"genre": "jazz"})]
+    df = evaluate.steering(model, trials, [None] * 2, seeds=[0], duration=4.0, segment_seconds=2.0,
+                           controls=("unsteered",))
+    assert sorted(df["segment"].unique()) == [0, 1]
+    assert len(df) == 2 * 2 * 2  # (unsteered + trial) x 2 clips x 2 segments
