@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 __all__ = ["run_demo", "DemoConfig"]

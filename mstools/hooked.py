@@ -31,7 +31,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .hook_registry import (HOOKS, HookSpec, NamesFilter, UnknownHookError, expand_names,
+from .hook_registry import (HookSpec, NamesFilter, expand_names,
                             resolve_names, spec_for)
 from .timeline import seconds_of_step
 
@@ -403,7 +403,6 @@ class HookedMusicGen(HookedRootModule):
     # ------------------------------------------------------------------ teacher forcing
     def conditions(self, prompts: Sequence[str | None] | None, batch: int) -> list:
         """audiocraft ``ConditioningAttributes`` for text prompts (None = unconditional)."""
-        from audiocraft.modules.conditioners import ConditioningAttributes
         if prompts is None:
             prompts = [None] * batch
         if isinstance(prompts, str):

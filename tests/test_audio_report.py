@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from mstools.audio import audio_html, spectrogram, write_wav
+from mstools.audio import spectrogram, write_wav
 from mstools.report import Report
 
 

@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 from pathlib import Path
-import tempfile
 import time
 import typing as tp
 
@@ -31,7 +30,8 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from .model import MANIFEST_FILE, WEIGHTS_DIR, atomic_write_bytes, build_testbed_musicgen, load_testbed_musicgen, read_manifest
+from ..fileio import atomic_write, atomic_write_bytes
+from .model import MANIFEST_FILE, WEIGHTS_DIR, build_testbed_musicgen, load_testbed_musicgen, read_manifest
 from .music import DYNAMICS, FACTORS, FRAME_RATE, GENRES, INSTRUMENTS, TEMPOS, make_dataset, stack_codes
 from .score import score
 
@@ -122,16 +122,9 @@ def write_examples(model, out_dir: str | os.PathLike = EXAMPLES_DIR, seconds: fl
     paths = []
     for name, audio in zip(EXAMPLE_PROMPTS, wav):
         path = out_dir / f"{name}.wav"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".wav")
-        os.close(fd)
-        try:
-            sf.write(tmp, audio[0].clamp(-1, 1).numpy(), model.sample_rate, subtype="PCM_16")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp, a=audio: sf.write(tmp, a[0].clamp(-1, 1).numpy(),
+                                                          model.sample_rate, subtype="PCM_16",
+                                                          format="WAV"))
         paths.append(path)
     return paths
 

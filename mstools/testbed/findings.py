@@ -59,7 +59,7 @@ import torch
 
 from ..evaluate import random_like, wilson
 from ..steering import Steering, SteeringVector, crossfade, steering_hooks, window
-from .model import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from .music import DYNAMICS, FACTORS, GENRES, INSTRUMENTS, TEMPOS, make_dataset
 from .score import score
 

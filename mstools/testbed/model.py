@@ -20,11 +20,9 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
-import tempfile
 import typing as tp
 import warnings
 
@@ -33,7 +31,9 @@ from audiocraft.models.lm import LMModel
 from audiocraft.models.musicgen import MusicGen
 from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..fileio import atomic_write_bytes, save_safetensors, sha256_file
 
 from .codec import SynthCodec
 from .conditioner import WordConditioner
@@ -134,44 +134,7 @@ def build_testbed_musicgen(config: dict | None = None, seed: int = 0) -> MusicGe
     return model
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+file_sha256 = sha256_file  # the weights' checksum, as written in the manifest
 
 
 def save_testbed_weights(model: MusicGen | LMModel, out_dir: str | os.PathLike, *, seed: int,
@@ -186,7 +149,7 @@ def save_testbed_weights(model: MusicGen | LMModel, out_dir: str | os.PathLike, 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     state = {k: v.to(dtype) for k, v in lm.state_dict().items()}
-    _atomic_save_safetensors(state, weights)
+    save_safetensors(state, weights)
     manifest = {
         "format": "mstools-testbed-1",
         "weights": WEIGHTS_FILE,

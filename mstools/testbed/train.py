@@ -23,17 +23,17 @@ import json
 import math
 import os
 from pathlib import Path
-import tempfile
 import time
 import typing as tp
 
 import numpy as np
 import torch
 from audiocraft.modules.conditioners import ConditioningAttributes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .model import WEIGHTS_DIR, atomic_write_bytes, build_testbed_musicgen, save_testbed_weights
+from ..fileio import atomic_write, atomic_write_bytes, save_safetensors
+from .model import WEIGHTS_DIR, build_testbed_musicgen, save_testbed_weights
 from .music import DATA_VERSION, FRAME_RATE, make_dataset, sample_clip, stack_codes
 
 __all__ = ["train", "teacher_forced_loss", "main"]
@@ -73,30 +73,10 @@ def _lr_at(step: int, progress: float, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _atomic_torch_save(obj: tp.Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_checkpoint(ckpt: Path, lm: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ckpt, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in lm.state_dict().items()}, tmp)
-        os.replace(tmp, ckpt / "model.safetensors")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _atomic_torch_save(opt.state_dict(), ckpt / "optim.pt")
+    save_safetensors(lm.state_dict(), ckpt / "model.safetensors")
+    atomic_write(ckpt / "optim.pt", lambda tmp: torch.save(opt.state_dict(), tmp))
     atomic_write_bytes(ckpt / "state.json", (json.dumps(state, indent=2) + "\n").encode())
 
 
