@@ -99,33 +99,16 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 class _TokenLengths:
-    """Token length of a prompt under each text conditioner exposing ``tokenize`` (memoised)."""
+    """Token length of a prompt under each of the model's text encoders (memoised)."""
 
     def __init__(self, model: HookedMusicGen):
-        from audiocraft.modules.conditioners import TextConditioner
-        provider = getattr(model.lm, "condition_provider", None)
-        conditioners = getattr(provider, "conditioners", {}) or {}
-        self.conditioners = [(name, c) for name, c in conditioners.items()
-                             if isinstance(c, TextConditioner) and hasattr(c, "tokenize")]
+        self.backend = model.backend
         self.memo: dict[str | None, tuple] = {}
 
     def __call__(self, prompt: str | None) -> tuple:
         if prompt in self.memo:
             return self.memo[prompt]
-        lengths = []
-        for name, cond in self.conditioners:
-            try:
-                out = cond.tokenize([prompt])
-            except Exception as err:
-                raise ValueError(f"the model's {name!r} conditioner cannot read prompt {prompt!r}: "
-                                 f"{err}") from err
-            if isinstance(out, dict) and "input_ids" in out:
-                lengths.append(int(out["input_ids"].shape[-1]))
-            elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-                lengths.append(int(out[0].shape[-1]))
-            else:
-                lengths.append(None)
-        key = tuple(lengths)
+        key = self.backend.prompt_token_lengths(prompt)
         if len(self.memo) >= _TOKEN_MEMO:
             self.memo.clear()
         self.memo[prompt] = key
@@ -208,7 +191,7 @@ def _load_batch_audio(model: HookedMusicGen, items: Sequence[Item],
     wavs, rates = [], set()
     for item, s in zip(items, seconds):
         wav, sr = load_audio(item.audio_path, s)
-        wavs.append(_mono_or_stereo(wav, model.compression_model.channels))
+        wavs.append(_mono_or_stereo(wav, model.channels))
         rates.add(sr)
     if len(rates) != 1 or len({w.shape[-1] for w in wavs}) != 1:  # the planner groups them
         raise RuntimeError("audio of one batch must share sample rate and length")
@@ -222,7 +205,7 @@ def _pool_cache(model: HookedMusicGen, cache: Cache, names: Sequence[str],
 
 
 def _generation_duration(model: HookedMusicGen, duration: float | None) -> float:
-    return float(model.musicgen.duration if duration is None else duration)
+    return float(model.duration if duration is None else duration)
 
 
 def compute_batch(model: HookedMusicGen, batch: Batch, hooks: Sequence[str], pooling: Pooling,

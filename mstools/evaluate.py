@@ -183,7 +183,7 @@ def nll(model: Any, codes: torch.Tensor, prompts: Sequence[str | None] | None = 
     target = seq[..., 1:]
     logp = torch.log_softmax(logits[..., :-1, :].float(), dim=-1)
     tok = logp.gather(-1, target.clamp(max=model.card - 1).unsqueeze(-1)).squeeze(-1)
-    valid = target != model.lm.special_token_id
+    valid = target != model.special_token_id
     return -(tok * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2))
 
 

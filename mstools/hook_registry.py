@@ -1,11 +1,13 @@
-"""The one registry of hook names: where each hook sits in audiocraft's LM, and what it carries.
+"""The one registry of hook names: what each hook carries and where it sits in each backend.
 
-Names follow TransformerLens. Each entry is data: the module it attaches to (a path inside
-``audiocraft.models.lm.LMModel``), whether the activation is that module's input or output, whether
-a hook may rewrite it, and its shape. MusicGen is pre-norm and each
-``StreamingTransformerLayer`` has identity modules ``layer_scale_1`` / ``layer_scale_cross`` /
-``layer_scale_2`` exactly where self-attention, cross-attention and the MLP write into the residual
-stream: the hooks attach there with ordinary torch hooks, never by copying audiocraft code.
+Names follow TransformerLens. Each entry is data: the module it attaches to in each backend (a path
+inside audiocraft's ``LMModel`` and inside transformers' ``MusicgenForCausalLM``), whether the
+activation is that module's input or output, whether a hook may rewrite it, and its shape. MusicGen
+is pre-norm: in audiocraft each ``StreamingTransformerLayer`` has identity modules ``layer_scale_1`` /
+``layer_scale_cross`` / ``layer_scale_2`` exactly where self-attention, cross-attention and the MLP
+write into the residual stream; in transformers the same three values are the outputs of
+``self_attn``, ``encoder_attn`` and ``fc2``. The hooks attach there with ordinary torch hooks,
+never by copying either library's code. A name means the same tensor in both backends.
 
 Shapes use B = batch (2B under classifier-free guidance: rows ``[:B]`` conditional), S = LM
 sequence steps (1 per generation step), D = model width, H = heads, K = codebooks, card = codebook
@@ -24,28 +26,45 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Sequence
 
-__all__ = ["HookSpec", "HOOKS", "expand_names", "spec_for", "resolve_names", "UnknownHookError"]
+__all__ = ["HookSpec", "Site", "BACKENDS", "HOOKS", "expand_names", "spec_for", "resolve_names", "UnknownHookError"]
 
-Where = Literal["input", "output", "input_heads"]
+Where = Literal["input", "output", "input_heads", "embed_sum", "logits_flat"]
+
+#: Model families whose modules the registry knows.
+BACKENDS = ("audiocraft", "transformers")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a hook attaches in one backend's module tree.
+
+    Attributes:
+        module: module path inside the backend's LM (``""`` = the LM itself).
+        where: ``"output"`` (module output; the first element when the module returns a tuple),
+            ``"input"`` (first positional input), ``"input_heads"`` (input split into heads:
+            ``[B, S, D] -> [B, S, H, D/H]``), ``"embed_sum"`` (the sum of the outputs of the K
+            embedding tables in the ModuleList at ``module``) or ``"logits_flat"`` (logits
+            returned as ``[B*K, S, card]`` in a ModelOutput, seen as ``[B, K, S, card]``).
+    """
+
+    module: str
+    where: Where
 
 
 @dataclass(frozen=True)
 class HookSpec:
-    """One hook point.
+    """One hook point, and where it attaches in each backend.
 
     Attributes:
         name: TransformerLens-style template (``{l}`` = layer index).
-        module: path of the audiocraft module inside the LM (``""`` = the LM itself).
-        where: ``"output"`` (module output), ``"input"`` (first positional input) or
-            ``"input_heads"`` (input split into heads: ``[B, S, D] -> [B, S, H, D/H]``).
+        sites: backend name -> :class:`Site`.
         writable: whether a hook's return value replaces the activation.
-        shape: shape of the tensor the hook receives.
+        shape: shape of the tensor the hook receives (the same in every backend).
         doc: what the activation is.
     """
 
     name: str
-    module: str
-    where: Where
+    sites: dict
     writable: bool
     shape: str
     doc: str
@@ -54,25 +73,57 @@ class HookSpec:
     def per_layer(self) -> bool:
         return "{l}" in self.name
 
+    def site(self, backend: str) -> Site:
+        """The :class:`Site` of this hook in ``backend`` (``"audiocraft"`` or ``"transformers"``)."""
+        if backend not in self.sites:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        return self.sites[backend]
 
+    @property
+    def module(self) -> str:
+        """audiocraft module path (kept for reading the table)."""
+        return self.sites["audiocraft"].module
+
+    @property
+    def where(self) -> Where:
+        return self.sites["audiocraft"].where
+
+
+def _spec(name: str, audiocraft: tuple[str, Where], transformers: tuple[str, Where], shape: str,
+          doc: str, writable: bool = True) -> HookSpec:
+    return HookSpec(name, {"audiocraft": Site(*audiocraft), "transformers": Site(*transformers)},
+                    writable, shape, doc)
+
+
+# audiocraft: paths inside ``audiocraft.models.lm.LMModel``. Each ``StreamingTransformerLayer`` has
+# identity modules ``layer_scale_1`` / ``layer_scale_cross`` / ``layer_scale_2`` exactly where
+# self-attention, cross-attention and the MLP write into the residual stream.
+# transformers: paths inside ``MusicgenForCausalLM`` (``MusicgenForConditionalGeneration.decoder``).
+# ``MusicgenDecoderLayer`` adds ``self_attn`` / ``encoder_attn`` outputs (tuples: output, weights)
+# and ``fc2``'s output to the residual stream; dropout between them is the identity in eval mode.
+_L_AC, _L_HF = "transformer.layers.{l}", "model.decoder.layers.{l}"
 _SPECS = [
-    HookSpec("hook_embed", "transformer", "input", True, "[B, S, D]",
-             "sum of the K codebook embeddings (input of the transformer, before positions)"),
-    HookSpec("blocks.{l}.hook_resid_pre", "transformer.layers.{l}", "input", True, "[B, S, D]",
-             "residual stream entering layer l"),
-    HookSpec("blocks.{l}.hook_attn_out", "transformer.layers.{l}.layer_scale_1", "output", True,
-             "[B, S, D]", "self-attention output written into the residual stream"),
-    HookSpec("blocks.{l}.hook_cross_attn_out", "transformer.layers.{l}.layer_scale_cross", "output",
-             True, "[B, S, D]", "cross-attention (text condition) output written into the residual"),
-    HookSpec("blocks.{l}.hook_mlp_out", "transformer.layers.{l}.layer_scale_2", "output", True,
-             "[B, S, D]", "MLP output written into the residual stream"),
-    HookSpec("blocks.{l}.hook_resid_post", "transformer.layers.{l}", "output", True, "[B, S, D]",
-             "residual stream leaving layer l"),
-    HookSpec("blocks.{l}.attn.hook_z", "transformer.layers.{l}.self_attn.out_proj", "input_heads",
-             True, "[B, S, H, D/H]", "per-head self-attention output before the output projection"),
-    HookSpec("ln_final.hook_normalized", "out_norm", "output", True, "[B, S, D]",
-             "final layer norm output, read by the K output heads"),
-    HookSpec("hook_logits", "", "output", True, "[B, K, S, card]", "logits of the K codebooks"),
+    _spec("hook_embed", ("transformer", "input"), ("model.decoder.embed_tokens", "embed_sum"),
+          "[B, S, D]", "sum of the K codebook embeddings (input of the transformer, before positions)"),
+    _spec("blocks.{l}.hook_resid_pre", (_L_AC, "input"), (_L_HF, "input"), "[B, S, D]",
+          "residual stream entering layer l"),
+    _spec("blocks.{l}.hook_attn_out", (_L_AC + ".layer_scale_1", "output"),
+          (_L_HF + ".self_attn", "output"), "[B, S, D]",
+          "self-attention output written into the residual stream"),
+    _spec("blocks.{l}.hook_cross_attn_out", (_L_AC + ".layer_scale_cross", "output"),
+          (_L_HF + ".encoder_attn", "output"), "[B, S, D]",
+          "cross-attention (text condition) output written into the residual"),
+    _spec("blocks.{l}.hook_mlp_out", (_L_AC + ".layer_scale_2", "output"),
+          (_L_HF + ".fc2", "output"), "[B, S, D]", "MLP output written into the residual stream"),
+    _spec("blocks.{l}.hook_resid_post", (_L_AC, "output"), (_L_HF, "output"), "[B, S, D]",
+          "residual stream leaving layer l"),
+    _spec("blocks.{l}.attn.hook_z", (_L_AC + ".self_attn.out_proj", "input_heads"),
+          (_L_HF + ".self_attn.out_proj", "input_heads"), "[B, S, H, D/H]",
+          "per-head self-attention output before the output projection"),
+    _spec("ln_final.hook_normalized", ("out_norm", "output"), ("model.decoder.layer_norm", "output"),
+          "[B, S, D]", "final layer norm output, read by the K output heads"),
+    _spec("hook_logits", ("", "output"), ("", "logits_flat"), "[B, K, S, card]",
+          "logits of the K codebooks"),
 ]
 
 HOOKS: dict[str, HookSpec] = {s.name: s for s in _SPECS}

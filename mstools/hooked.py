@@ -1,15 +1,16 @@
-"""HookedMusicGen: TransformerLens hook points on audiocraft's MusicGen, without touching its code.
+"""HookedMusicGen: TransformerLens hook points on MusicGen, without touching the library's code.
 
 Each name of :mod:`mstools.hook_registry` is a TransformerLens ``HookPoint``. A hook point is wired
-to audiocraft's LM by an ordinary torch hook (a *bridge*) on the module the registry names; the
-bridge is attached only while the hook point has hooks, so a model with no hooks runs exactly the
-plain audiocraft code. Hooks are added in one way, :meth:`HookedMusicGen.hooks`, a context manager
+to the backend's LM (audiocraft's ``LMModel`` or transformers' ``MusicgenForCausalLM``, see
+:mod:`mstools.backends`) by an ordinary torch hook (a *bridge*) on the module the registry names;
+the bridge is attached only while the hook point has hooks, so a model with no hooks runs exactly
+the library's plain code. Hooks are added in one way, :meth:`HookedMusicGen.hooks`, a context manager
 that removes what it added in ``finally`` (after an exception or a KeyboardInterrupt too) and never
 touches hooks it did not add (yours included).
 
 A hook is ``fn(tensor, *, hook) -> tensor | None``. ``hook.clock`` tells where in the sequence the
 current forward call is: ``hook.clock.steps`` (LongTensor [S], absolute LM input steps, taken from
-audiocraft's own streaming offset, so it is right at every generation step although each has S = 1)
+the backend's own cache offset, so it is right at every generation step although each has S = 1)
 and ``hook.clock.rows(branch)`` (the batch rows of the ``"cond"``/``"uncond"``/``"both"`` CFG branch).
 
 >>> import mstools
@@ -31,7 +32,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .hook_registry import (HookSpec, NamesFilter, expand_names,
+from .hook_registry import (NamesFilter, expand_names,
                             resolve_names, spec_for)
 from .timeline import seconds_of_step
 
@@ -43,15 +44,18 @@ Branch = str  # "cond" | "uncond" | "both"
 class StepClock:
     """Where the current forward call is: absolute input steps and CFG layout.
 
-    ``steps`` is read from audiocraft's streaming state (``lm.transformer``'s ``offsets``) by a
-    pre-hook, before any layer runs; under teacher forcing it is ``arange(S)``.
+    ``steps`` is read by a pre-hook on the backend's transformer, before any layer runs, from the
+    backend's own state (audiocraft's streaming offset, transformers' key/value cache length);
+    under teacher forcing it is ``arange(S)``.
     """
 
-    def __init__(self, frame_rate: float, num_codebooks: int):
+    def __init__(self, frame_rate: float, num_codebooks: int,
+                 reader: Callable[[nn.Module, tuple, dict], tuple[int, int]] | None = None):
         self.frame_rate = float(frame_rate)
         self.num_codebooks = int(num_codebooks)
         self.steps: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self.cfg_batch: int | None = None  # B when rows are [cond B | uncond B]
+        self._reader = reader
         self._users = 0
         self._handle: Any = None
 
@@ -75,14 +79,13 @@ class StepClock:
             return slice(0, batch) if branch == "cond" else slice(0, 0)
         return slice(0, b) if branch == "cond" else slice(b, 2 * b)
 
-    def _read(self, module: nn.Module, args: tuple) -> None:
-        state = getattr(module, "_streaming_state", {})
-        start = int(state["offsets"][0]) if "offsets" in state else 0
-        self.steps = torch.arange(start, start + args[0].shape[1])
+    def _read(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        start, length = self._reader(module, args, kwargs)
+        self.steps = torch.arange(start, start + length)
 
     def _acquire(self, transformer: nn.Module) -> None:
         if self._users == 0:
-            self._handle = transformer.register_forward_pre_hook(self._read)
+            self._handle = transformer.register_forward_pre_hook(self._read, with_kwargs=True)
         self._users += 1
 
     def _release(self) -> None:
@@ -93,38 +96,71 @@ class StepClock:
 
 
 class _Bridge:
-    """A torch hook on an audiocraft module that routes one activation through a HookPoint."""
+    """Torch hook(s) on a backend module that route one activation through a HookPoint.
 
-    def __init__(self, module: nn.Module, spec: HookSpec, point: HookPoint, clock: StepClock,
-                 transformer: nn.Module, num_heads: int):
-        self.module, self.spec, self.point, self.clock = module, spec, point, clock
-        self.transformer, self.num_heads = transformer, num_heads
-        self.handle: Any = None
+    ``site.where`` says which value: a module's output (the first element of a tuple output), its
+    first input, its input split into heads, the sum of K embedding tables' outputs, or logits
+    returned flat as ``[B*K, S, card]``.
+    """
+
+    def __init__(self, module: nn.Module, where: str, point: HookPoint, clock: StepClock,
+                 transformer: nn.Module, num_heads: int, num_codebooks: int):
+        self.module, self.where, self.point, self.clock = module, where, point, clock
+        self.transformer, self.num_heads, self.num_codebooks = transformer, num_heads, num_codebooks
+        self.handles: list[Any] = []
+        self._parts: list[torch.Tensor] = []
+
+    @property
+    def handle(self) -> Any:
+        return self.handles[0] if self.handles else None
 
     def attach(self) -> None:
-        if self.handle is not None:
+        if self.handles:
             return
         self.clock._acquire(self.transformer)
         try:
-            if self.spec.where == "output":
-                self.handle = self.module.register_forward_hook(self._on_output)
-            elif self.spec.where == "input":
-                self.handle = self.module.register_forward_pre_hook(self._on_input)
+            if self.where in ("output", "logits_flat"):
+                fn = self._on_output if self.where == "output" else self._on_flat_logits
+                self.handles.append(self.module.register_forward_hook(fn))
+            elif self.where == "input":
+                self.handles.append(self.module.register_forward_pre_hook(self._on_input))
+            elif self.where == "input_heads":
+                self.handles.append(self.module.register_forward_pre_hook(self._on_input_heads))
+            elif self.where == "embed_sum":
+                last = len(self.module) - 1
+                for i, table in enumerate(self.module):
+                    fn = self._on_last_table if i == last else self._on_table
+                    self.handles.append(table.register_forward_hook(fn))
             else:
-                self.handle = self.module.register_forward_pre_hook(self._on_input_heads)
+                raise ValueError(f"unknown hook site kind {self.where!r}")
         except BaseException:
+            self._remove_handles()
             self.clock._release()
             raise
 
+    def _remove_handles(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        self._parts = []
+
     def detach(self) -> None:
-        if self.handle is None:
+        if not self.handles:
             return
-        self.handle.remove()
-        self.handle = None
+        self._remove_handles()
         self.clock._release()
 
-    def _on_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (self.point(output[0]),) + tuple(output[1:])
         return self.point(output)
+
+    def _on_flat_logits(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        flat = output.logits
+        k = self.num_codebooks
+        new = self.point(flat.reshape(flat.shape[0] // k, k, *flat.shape[1:]))
+        output.logits = new.reshape(flat.shape)
+        return output
 
     def _on_input(self, module: nn.Module, args: tuple) -> tuple:
         return (self.point(args[0]),) + tuple(args[1:])
@@ -134,6 +170,21 @@ class _Bridge:
         b, s, d = x.shape
         z = self.point(x.reshape(b, s, self.num_heads, d // self.num_heads))
         return (z.reshape(b, s, d),) + tuple(args[1:])
+
+    def _on_table(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._parts.append(output)
+
+    def _on_last_table(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        # the model computes e_0 + e_1 + ... + e_{K-1} in this order: so does the total, bit for bit
+        parts, self._parts = self._parts + [output], []
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        before = total.clone()
+        new = self.point(total)
+        if new is total and torch.equal(new, before):
+            return None
+        return output + (new - before)
 
 
 class BridgedHookPoint(HookPoint):
@@ -236,31 +287,34 @@ class GenerationOutput:
 
 
 class HookedMusicGen(HookedRootModule):
-    """audiocraft MusicGen with TransformerLens hook points (names: :data:`mstools.hook_registry.HOOKS`).
+    """MusicGen with TransformerLens hook points (names: :data:`mstools.hook_registry.HOOKS`).
 
     Args:
-        musicgen: an ``audiocraft.models.MusicGen``.
+        model: an ``audiocraft.models.MusicGen`` or a :class:`mstools.backends.Backend`
+            (e.g. :class:`~mstools.backends.TransformersBackend`).
         name: the model's name (e.g. ``"facebook/musicgen-small"``, ``"testbed"``).
 
+    The same names, shapes, CFG-branch rows and step/frame/second indices in every backend.
     Main methods: :meth:`hooks` (context manager), :meth:`run_with_hooks`, :meth:`run_with_cache`
     (teacher forcing of codes ``[B, K, T]`` with text conditions), :meth:`generate` (with a step by
     step cache split by CFG branch), :meth:`encode_audio` (audio in -> codes).
     """
 
-    def __init__(self, musicgen: Any, name: str):
+    def __init__(self, model: Any, name: str):
         super().__init__()
-        self.musicgen = musicgen
+        from .backends.audiocraft_backend import AudiocraftBackend
+        from .backends.base import Backend
+        backend = model if isinstance(model, Backend) else AudiocraftBackend(model)
+        object.__setattr__(self, "backend", backend)  # not a submodule: its modules are below
         self.model_name = name
-        self.lm = musicgen.lm
-        self.compression_model = musicgen.compression_model
-        lm = self.lm
-        layers = lm.transformer.layers
-        self.num_layers = len(layers)
-        self.d_model = int(lm.dim)
-        self.num_heads = int(layers[0].self_attn.num_heads)
-        self.num_codebooks = int(lm.num_codebooks)
-        self.card = int(lm.card)
-        self.clock = StepClock(float(self.compression_model.frame_rate), self.num_codebooks)
+        self.lm = backend.lm
+        self.num_layers = backend.num_layers
+        self.d_model = backend.d_model
+        self.num_heads = backend.num_heads
+        self.num_codebooks = backend.num_codebooks
+        self.card = backend.card
+        self.special_token_id = backend.special_token_id
+        self.clock = StepClock(backend.frame_rate, self.num_codebooks, backend.read_steps)
 
         self.hook_embed = BridgedHookPoint()
         self.blocks = nn.ModuleList()
@@ -280,23 +334,24 @@ class HookedMusicGen(HookedRootModule):
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        """Register hook points (only ours: audiocraft's modules are left untouched)."""
+        """Register hook points (only ours: the backend's modules are left untouched)."""
         self.mod_dict, self.hook_dict = {}, {}
         modules = dict(self.lm.named_modules())
         names = []
         for name in expand_names(self.num_layers):
             spec, _ = spec_for(name)
-            path = spec.module.replace("{l}", name.split(".")[1]) if spec.per_layer else spec.module
+            site = spec.site(self.backend.name)
+            path = site.module.replace("{l}", name.split(".")[1]) if spec.per_layer else site.module
             target = modules.get(path)
             if target is None:  # e.g. no cross-attention (melody), no out_norm
                 continue
-            if spec.where == "input_heads" and not isinstance(target, nn.Linear):
+            if site.where == "input_heads" and not isinstance(target, nn.Linear):
                 continue
             point = self.get_submodule(name)
             point.name = name
             point.clock = self.clock
-            point.bridge = _Bridge(target, spec, point, self.clock, self.lm.transformer,
-                                   self.num_heads)
+            point.bridge = _Bridge(target, site.where, point, self.clock, self.backend.clock_module,
+                                   self.num_heads, self.num_codebooks)
             self.mod_dict[name] = point
             self.hook_dict[name] = point
             names.append(name)
@@ -304,12 +359,48 @@ class HookedMusicGen(HookedRootModule):
 
     # ------------------------------------------------------------------ info
     @property
+    def backend_name(self) -> str:
+        """``"audiocraft"`` or ``"transformers"``."""
+        return self.backend.name
+
+    @property
+    def musicgen(self) -> Any:
+        """The audiocraft ``MusicGen`` (audiocraft backend only)."""
+        if not hasattr(self.backend, "musicgen") or self.backend.name != "audiocraft":
+            raise AttributeError(f"model.musicgen is audiocraft's MusicGen; this model runs on the "
+                                 f"{self.backend.name} backend (see model.backend)")
+        return self.backend.musicgen
+
+    @property
+    def compression_model(self) -> Any:
+        """The audiocraft compression model (audiocraft backend only; see :meth:`decode_codes`)."""
+        if self.backend.name != "audiocraft":
+            raise AttributeError("model.compression_model belongs to the audiocraft backend; use "
+                                 "model.encode_audio / model.decode_codes")
+        return self.backend.compression_model
+
+    @property
     def frame_rate(self) -> float:
-        return float(self.compression_model.frame_rate)
+        return float(self.backend.frame_rate)
 
     @property
     def sample_rate(self) -> int:
-        return int(self.compression_model.sample_rate)
+        return int(self.backend.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        """Audio channels of the codec (1: mono)."""
+        return int(self.backend.channels)
+
+    @property
+    def max_duration(self) -> float:
+        """Longest generation in seconds."""
+        return float(self.backend.max_duration)
+
+    @property
+    def duration(self) -> float:
+        """Default generation length in seconds."""
+        return float(self.backend.defaults["duration"])
 
     @property
     def device(self) -> torch.device:
@@ -317,11 +408,14 @@ class HookedMusicGen(HookedRootModule):
 
     @property
     def fingerprint(self) -> str:
-        """``name:sha`` of the architecture and a sample of every weight; identifies the model
-        a cache, probe or steering vector was made with."""
+        """``name:sha`` of the architecture and a sample of every weight, under audiocraft's weight
+        names: it identifies the model a cache, probe or steering vector was made with, and is the
+        same for the same weights in either backend."""
         if self._fingerprint is None:
             h = hashlib.sha256(self.model_name.encode())
-            for n, p in self.lm.state_dict().items():
+            state = self.backend.reference_state_dict()
+            for n in sorted(state):
+                p = state[n]
                 flat = p.detach().reshape(-1)
                 sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu()
                 h.update(f"{n}:{tuple(p.shape)}".encode())
@@ -343,14 +437,15 @@ class HookedMusicGen(HookedRootModule):
         return resolve_names(names_filter, self.hook_names)
 
     def describe_hooks(self) -> list[dict[str, Any]]:
-        """One row per hook point: name, layer, audiocraft module, read/write, shape (a table)."""
+        """One row per hook point: name, layer, backend module, read/write, shape (a table)."""
         rows = []
         for name in self.hook_names:
             spec, layer = spec_for(name)
-            rows.append(dict(name=name, layer=layer, module="lm." + spec.module.replace(
-                "{l}", str(layer)) if spec.module else "lm", where=spec.where,
-                access="read/write" if spec.writable else "read", shape=spec.shape,
-                doc=spec.doc))
+            site = spec.site(self.backend.name)
+            path = site.module.replace("{l}", str(layer))
+            rows.append(dict(name=name, layer=layer, module=self.backend.module_label(path),
+                             where=site.where, access="read/write" if spec.writable else "read",
+                             shape=spec.shape, doc=spec.doc))
         return rows
 
     # ------------------------------------------------------------------ hooks
@@ -401,8 +496,7 @@ class HookedMusicGen(HookedRootModule):
             self.clock.cfg_batch = old
 
     # ------------------------------------------------------------------ teacher forcing
-    def conditions(self, prompts: Sequence[str | None] | None, batch: int) -> list:
-        """audiocraft ``ConditioningAttributes`` for text prompts (None = unconditional)."""
+    def _prompts(self, prompts: Sequence[str | None] | str | None, batch: int) -> list[str | None]:
         if prompts is None:
             prompts = [None] * batch
         if isinstance(prompts, str):
@@ -411,8 +505,15 @@ class HookedMusicGen(HookedRootModule):
         if len(prompts) != batch:
             raise ValueError(f"got {len(prompts)} prompts for a batch of {batch} clips; "
                              "give one prompt per clip (None for unconditional)")
-        attrs, _ = self.musicgen._prepare_tokens_and_attributes(prompts, None)
-        return attrs
+        return prompts
+
+    def conditions(self, prompts: Sequence[str | None] | None, batch: int) -> list:
+        """audiocraft ``ConditioningAttributes`` for text prompts (audiocraft backend only)."""
+        prompts = self._prompts(prompts, batch)
+        if not hasattr(self.backend, "conditions"):
+            raise AttributeError("conditions() gives audiocraft ConditioningAttributes; this model "
+                                 f"runs on the {self.backend.name} backend")
+        return self.backend.conditions(prompts)
 
     def to_sequence(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, K, T] -> LM input steps [B, K, T + K - 1] under the delay pattern.
@@ -420,11 +521,7 @@ class HookedMusicGen(HookedRootModule):
         Step ``s`` holds codebook ``k`` of frame ``s - 1 - k`` (special token elsewhere). These are
         exactly the inputs the LM reads during generation of T frames.
         """
-        codes = self._check_codes(codes)
-        b, k, t = codes.shape
-        pattern = self.lm.pattern_provider.get_pattern(t)
-        seq, _, _ = pattern.build_pattern_sequence(codes, self.lm.special_token_id)
-        return seq[..., : t + k - 1]
+        return self.backend.to_sequence(self._check_codes(codes))
 
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
@@ -451,9 +548,7 @@ class HookedMusicGen(HookedRootModule):
             logits [B, K, T + K - 1, card]: step ``s`` predicts step ``s + 1`` of the delay pattern.
         """
         seq = self.to_sequence(codes)
-        attrs = self.conditions(prompts, seq.shape[0])
-        with torch.no_grad():
-            return self.lm(seq, conditions=attrs)
+        return self.backend.logits(seq, self._prompts(prompts, seq.shape[0]))
 
     def run_with_cache(self, codes: torch.Tensor, prompts: Sequence[str | None] | None = None, *,
                        names_filter: NamesFilter = None, device: str | torch.device | None = None,
@@ -477,22 +572,21 @@ class HookedMusicGen(HookedRootModule):
         return logits, Cache({n: store[n] for n in names}, steps, self.num_codebooks,
                              self.frame_rate)
 
-    def encode_audio(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """Audio [B, C, N] (or [C, N]) at ``sample_rate`` -> codes [B, K, T] via the compression model."""
+    def _convert_audio(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         from audiocraft.data.audio_utils import convert_audio
         if wav.dim() == 2:
             wav = wav[None]
         if wav.dim() != 3:
             raise ValueError(f"audio must be [B, C, N] or [C, N], got {tuple(wav.shape)}")
-        wav = convert_audio(wav.float(), sample_rate, self.sample_rate, self.compression_model.channels)
-        with torch.no_grad():
-            codes, scale = self.compression_model.encode(wav.to(self.device))
-        return codes
+        return convert_audio(wav.float(), sample_rate, self.sample_rate, self.channels).to(self.device)
+
+    def encode_audio(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio [B, C, N] (or [C, N]) at ``sample_rate`` -> codes [B, K, T] via the codec."""
+        return self.backend.encode_audio(self._convert_audio(wav, sample_rate))
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, K, T] -> audio [B, C, N]."""
-        with torch.no_grad():
-            return self.compression_model.decode(self._check_codes(codes), None)
+        return self.backend.decode_codes(self._check_codes(codes))
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[str | None] | str, duration: float, *, seed: int | None = 0,
@@ -500,7 +594,7 @@ class HookedMusicGen(HookedRootModule):
                  fwd_hooks: Sequence[tuple[Any, Callable]] = (), audio_prompt: torch.Tensor | None = None,
                  audio_prompt_sample_rate: int | None = None, progress: bool = False,
                  decode: bool = True, **generation_params: Any) -> GenerationOutput:
-        """Generate music with audiocraft's own sampler; optionally cache activations step by step.
+        """Generate music with the backend's own sampler; optionally cache activations step by step.
 
         Args:
             prompts: text prompts (one clip each; None = unconditional).
@@ -511,13 +605,14 @@ class HookedMusicGen(HookedRootModule):
             fwd_hooks: extra ``(name, fn)`` hooks for this call (steering uses this).
             audio_prompt: waveform [B, C, N] to continue (the seed paper's genre-fusion setting).
             progress: show a progress bar.
-            **generation_params: passed to ``MusicGen.set_generation_params`` (``cfg_coef``,
-                ``top_k``, ``temperature``, ``use_sampling`` ...).
+            **generation_params: audiocraft's names in both backends: ``cfg_coef``, ``top_k``,
+                ``top_p``, ``temperature``, ``use_sampling`` (defaults: the model's).
 
         Returns:
             :class:`GenerationOutput` with ``codes [B, K, T]``, ``audio [B, C, N]``, ``sample_rate``,
             and ``cache`` when asked.
         """
+        from .backends.base import GENERATION_KEYS
         if isinstance(prompts, str) or prompts is None:
             prompts = [prompts]
         prompts = list(prompts)
@@ -525,17 +620,15 @@ class HookedMusicGen(HookedRootModule):
             raise ValueError("give at least one prompt (None for an unconditional clip)")
         if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
             raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
-        max_d = float(self.musicgen.max_duration)
-        if duration > max_d:
-            raise ValueError(f"duration {duration} s exceeds this model's max_duration {max_d} s")
-        mg = self.musicgen
-        params = dict(mg.generation_params)
-        restore = dict(use_sampling=params.get("use_sampling", True), top_k=params.get("top_k", 250),
-                       top_p=params.get("top_p", 0.0), temperature=params.get("temp", 1.0),
-                       cfg_coef=params.get("cfg_coef", 3.0),
-                       two_step_cfg=params.get("two_step_cfg", False), duration=mg.duration)
-        new = {**restore, **generation_params, "duration": float(duration)}
-        if new.get("two_step_cfg"):
+        if duration > self.max_duration:
+            raise ValueError(f"duration {duration} s exceeds this model's max_duration "
+                             f"{self.max_duration} s")
+        unknown = sorted(set(generation_params) - set(GENERATION_KEYS))
+        if unknown:
+            raise TypeError(f"unknown generation parameter(s) {unknown}; known: {list(GENERATION_KEYS)}")
+        params = {k: v for k, v in self.backend.defaults.items() if k != "duration"}
+        params.update(generation_params)
+        if params.get("two_step_cfg"):
             raise ValueError("two_step_cfg is not supported: steering and caching need the "
                              "batched [cond | uncond] layout")
         names = [] if cache in (None, False) else self.check_names(None if cache is True else cache)
@@ -551,7 +644,16 @@ class HookedMusicGen(HookedRootModule):
         hooks = list(fwd_hooks) + [(n, save) for n in names]
         if names:
             hooks.append((names[0], mark_steps))
-        bar = None
+        batch = len(prompts)
+        prompt_audio = None
+        if audio_prompt is not None:
+            if audio_prompt_sample_rate is None:
+                raise ValueError("give audio_prompt_sample_rate with audio_prompt")
+            wav = self._convert_audio(audio_prompt, audio_prompt_sample_rate)
+            if wav.shape[0] != batch:
+                raise ValueError(f"audio_prompt has {wav.shape[0]} clips for {batch} prompts")
+            prompt_audio = (wav, self.sample_rate)
+        bar = on_progress = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=int(duration * self.frame_rate), desc="generate", unit="step")
@@ -560,37 +662,22 @@ class HookedMusicGen(HookedRootModule):
                 bar.total = total
                 bar.n = done
                 bar.refresh()
-            mg.set_custom_progress_callback(on_progress)
-        batch = len(prompts)
         try:
-            mg.set_generation_params(**new)
             if seed is not None:
                 torch.manual_seed(seed)
-            # audiocraft runs [cond | uncond] rows in one batch whenever conditions are given
+            # both backends run [cond | uncond] rows in one batch under guidance
             with self.hooks(hooks), self.cfg_layout(batch):
-                if audio_prompt is not None:
-                    if audio_prompt_sample_rate is None:
-                        raise ValueError("give audio_prompt_sample_rate with audio_prompt")
-                    wav = audio_prompt if audio_prompt.dim() == 3 else audio_prompt[None]
-                    if wav.shape[0] != batch:
-                        raise ValueError(f"audio_prompt has {wav.shape[0]} clips for {batch} prompts")
-                    audio, codes = mg.generate_continuation(
-                        wav, audio_prompt_sample_rate, prompts, progress=progress, return_tokens=True)
-                elif decode:
-                    audio, codes = mg.generate(prompts, progress=progress, return_tokens=True)
-                else:
-                    attrs, _ = mg._prepare_tokens_and_attributes(prompts, None)
-                    codes = mg._generate_tokens(attrs, None, progress=progress)
-                    audio = torch.zeros(batch, self.compression_model.channels, 0)
+                codes, audio = self.backend.generate(prompts, float(duration), params,
+                                                     audio_prompt=prompt_audio, decode=decode,
+                                                     progress=on_progress)
         finally:
-            mg.set_generation_params(**restore)
             if bar is not None:
                 bar.close()
-                mg.set_custom_progress_callback(None)
         gen_cache = None
         if names:
             steps = torch.cat(steps_seen) if steps_seen else torch.zeros(0, dtype=torch.long)
-            stitched = {n: torch.cat(v, dim=1) for n, v in store.items()}
+            # steps run along dim 1 ([B, S, ...]), dim 2 for logits ([B, K, S, card])
+            stitched = {n: torch.cat(v, dim=2 if n == "hook_logits" else 1) for n, v in store.items()}
             two = any(v.shape[0] == 2 * batch for v in stitched.values())
             cond = Cache({n: v[:batch] for n, v in stitched.items()}, steps, self.num_codebooks,
                          self.frame_rate, "cond")
@@ -603,6 +690,7 @@ class HookedMusicGen(HookedRootModule):
                                 prompts=prompts, seed=seed, cache=gen_cache)
 
     def __repr__(self) -> str:
-        return (f"HookedMusicGen({self.model_name!r}: {self.num_layers} layers, d_model "
+        return (f"HookedMusicGen({self.model_name!r} on {self.backend.name}: {self.num_layers} "
+                f"layers, d_model "
                 f"{self.d_model}, {self.num_heads} heads, {self.num_codebooks} codebooks x "
                 f"{self.card}, {self.frame_rate:g} frames/s, {len(self.hook_names)} hook points)")

@@ -9,7 +9,10 @@
   ``LUTConditioner`` with the ``noop`` tokenizer: each prompt hashes to one token), for tests and
   benchmarks. Built through audiocraft's own ``builders.get_lm_model``.
 
-All return a :class:`mstools.hooked.HookedMusicGen`.
+Both take ``backend="audiocraft"`` (default: Meta's reference implementation) or
+``backend="transformers"`` (Hugging Face's ``MusicgenForConditionalGeneration``; for the testbed its
+decoder holds the testbed's weights through :mod:`mstools.backends.convert`). All return a
+:class:`mstools.hooked.HookedMusicGen` with the same hook names either way.
 
 >>> model = build_musicgen("tiny", seed=0)
 >>> model.num_layers, model.d_model
@@ -110,7 +113,7 @@ def _random_encodec(scale: str, seed: int) -> torch.nn.Module:
 
 
 def build_musicgen(scale: str = "tiny", seed: int = 0, *, max_duration: float = 30.0,
-                   device: str | torch.device = "cpu") -> HookedMusicGen:
+                   device: str | torch.device = "cpu", backend: str = "audiocraft") -> HookedMusicGen:
     """MusicGen's real architecture with random weights and an offline text conditioner.
 
     Args:
@@ -118,6 +121,9 @@ def build_musicgen(scale: str = "tiny", seed: int = 0, *, max_duration: float = 
             parameters), ``"medium"`` (48 x 1536) or ``"large"`` (48 x 2048).
         seed: weight initialisation seed (the global RNG is left as it was).
         max_duration: longest generation in seconds.
+        backend: ``"audiocraft"`` (audiocraft's builders, LUT text conditioner) or
+            ``"transformers"`` (``MusicgenForConditionalGeneration`` from configs: T5 text encoder
+            with an offline word tokenizer, EnCodec with random codebooks).
 
     Returns:
         HookedMusicGen named ``"random-{scale}"``.
@@ -128,6 +134,12 @@ def build_musicgen(scale: str = "tiny", seed: int = 0, *, max_duration: float = 
     """
     if scale not in ARCHITECTURES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(ARCHITECTURES)}")
+    if _check_backend(backend) == "transformers":
+        from .backends.hf_models import build_hf_musicgen
+        from .backends.transformers_backend import backend_from_composite
+        hf, tokenizer = build_hf_musicgen(scale, seed, device=device)
+        return HookedMusicGen(backend_from_composite(hf, tokenizer, max_duration=max_duration),
+                              name=f"random-{scale}")
     from audiocraft.models import builders
     from audiocraft.models.musicgen import MusicGen
     from omegaconf import OmegaConf
@@ -197,7 +209,15 @@ def _safe_load(path: Path) -> dict[str, Any]:
             "refuses to unpickle.") from e
 
 
-def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = None) -> HookedMusicGen:
+def _check_backend(backend: str) -> str:
+    from .hook_registry import BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
+def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = None,
+                  backend: str = "audiocraft") -> HookedMusicGen:
     """Load a MusicGen and wrap it with hook points.
 
     Args:
@@ -205,6 +225,10 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
             (``"facebook/musicgen-small"``, ``-medium``, ``-large``, ``-melody``; always name one:
             audiocraft's own default is the melody model), or a local checkpoint folder.
         device: ``"cpu"``, ``"cuda"``; default: cuda when available.
+        backend: ``"audiocraft"`` (audiocraft checkpoints: ``state_dict.bin`` +
+            ``compression_state_dict.bin``) or ``"transformers"`` (transformers checkpoints:
+            ``config.json`` + ``model.safetensors`` + tokenizer, e.g. the hub's
+            ``facebook/musicgen-small``). The testbed runs on both.
 
     Raises:
         MissingWeightsError: the weights cannot be found or fetched (the message says how to provide
@@ -212,6 +236,7 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
 
     >>> model = load_musicgen("testbed")
     """
+    _check_backend(backend)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "testbed":
@@ -220,7 +245,11 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
         mg.lm.to(device)
         mg.compression_model.to(device)
         mg.device = torch.device(device)
-        model = HookedMusicGen(mg, name="testbed")
+        source: Any = mg
+        if backend == "transformers":
+            from .backends.transformers_backend import backend_from_audiocraft
+            source = backend_from_audiocraft(mg)
+        model = HookedMusicGen(source, name="testbed")
         model.reference_codes = _testbed_reference
         return model
     if name in ARCHITECTURES:
@@ -230,6 +259,11 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
     if not is_dir and name not in REAL_CHECKPOINTS:
         raise ValueError(f"unknown model {name!r}; use 'testbed', one of {sorted(REAL_CHECKPOINTS)}, "
                          "or a local checkpoint folder")
+    if backend == "transformers":
+        from .backends.hf_models import load_hf_musicgen
+        from .backends.transformers_backend import backend_from_composite
+        hf, tokenizer = load_hf_musicgen(name, device=device)
+        return HookedMusicGen(backend_from_composite(hf, tokenizer), name=name)
     if "melody" in name:
         import warnings
         warnings.warn(MELODY_NOTE)

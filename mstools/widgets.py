@@ -181,7 +181,7 @@ class SteeringPanel:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._shown_pct = -1
-        max_d = float(model.musicgen.max_duration)
+        max_d = float(model.max_duration)
         step = 1.0 / float(model.frame_rate)
 
         first = next(iter(self.vectors))

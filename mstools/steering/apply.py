@@ -94,7 +94,7 @@ def mean_norms(model: Any, hooks: Sequence[str], codes: torch.Tensor | None = No
             if callable(ref):
                 codes, prompts = ref()
             else:
-                dur = min(2.0, float(model.musicgen.max_duration))
+                dur = min(2.0, float(model.max_duration))
                 prompts = ["music", "a song"]
                 codes = model.generate(prompts, duration=dur, seed=0, decode=False).codes
         if prompts is None:
