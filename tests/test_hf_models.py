@@ -286,3 +286,32 @@ def test_small_has_the_released_shape_and_the_audiocraft_transformer_size():
     print(f"decoder layers: transformers {n_hf:,} vs audiocraft lm.transformer {n_ac:,}")
     assert abs(n_hf - n_ac) / n_ac < 0.01
     assert 3.9e8 < n_hf < 4.1e8
+
+
+@pytest.mark.slow
+def test_small_generates_on_the_transformers_backend_with_a_hook_on_every_layer():
+    """musicgen-small's true size through HookedMusicGen: every layer hooked at every step, a
+    cond-only edit leaves the unconditional rows as they were."""
+    import mstools
+    model = mstools.build_musicgen("small", seed=0, backend="transformers")
+    assert (model.num_layers, model.d_model, model.num_heads, model.card) == (24, 1024, 16, 2048)
+    fired = torch.zeros(model.num_layers, dtype=torch.long)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+
+    def steer(x, hook):
+        fired[hook.layer()] += 1
+        x = x.clone()
+        x[hook.clock.rows("cond", x.shape[0])] += 0.1 * v
+        return x
+    names = ["blocks.23.hook_resid_post"]
+    plain = model.generate(["jazz"], duration=0.5, seed=0, cache=names)
+    out = model.generate(["jazz"], duration=0.5, seed=0, cache=names,
+                         fwd_hooks=[("blocks.*.hook_resid_post", steer)])
+    assert out.codes.shape == (1, 4, 25)
+    assert out.audio.shape == (1, 1, 16000) and out.sample_rate == 32000
+    assert torch.isfinite(out.audio).all() and out.audio.abs().sum() > 0
+    assert (fired == 25 + 3).all()  # T + K - 1 steps on every layer
+    # the first step is the same start token on both branches: uncond untouched, cond moved
+    first_u, first_c = (c[names[0]][:, :1] for c in (out.cache.uncond, out.cache.cond))
+    torch.testing.assert_close(first_u, plain.cache.uncond[names[0]][:, :1], atol=1e-5, rtol=0)
+    assert (first_c - plain.cache.cond[names[0]][:, :1]).abs().max() > 1e-3
