@@ -308,7 +308,9 @@ def _check_existing(path: Path, want: dict[str, Any]) -> None:
               ("dtype", have.dtype, want["dtype"]),
               ("branches", have.branches, want["branches"])]
     meta = have.meta
-    checks += [(k, meta.get(k), v) for k, v in want["meta"].items()]
+    checks.append(("backend", meta.get("backend", "audiocraft"),
+                   want["meta"].get("backend", "audiocraft")))
+    checks += [(k, meta.get(k), v) for k, v in want["meta"].items() if k != "backend"]
     diffs = [f"  {what}: the store has {a!r}, this run asks for {b!r}"
              for what, a, b in checks if a != b]
     if diffs:
@@ -359,7 +361,8 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
         model: a :class:`~mstools.hooked.HookedMusicGen`.
         source: items (:mod:`mstools.sources`, or any sized iterable of :class:`Item`).
         out: store directory; created, or reopened to resume (refused if it was made with another
-            model fingerprint, hooks, pooling, dtype, branches, source, seed, duration or batch size).
+            model fingerprint, backend, hooks, pooling, dtype, branches, source, seed, duration or
+            batch size).
         hooks: hook names / glob / list (e.g. ``"blocks.*.hook_resid_post"``).
         pooling: :class:`~mstools.pooling.Pooling` or a mode name (``"mean"``, ``"last"``,
             ``"frame"``).
@@ -400,6 +403,11 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
     dist = _distributed() if world_size > 1 else None
     meta = {"model": model.model_name, "source": describe_source(source), "seed": int(seed),
             "duration": duration, "batch_size": int(batch_size)}
+    # the same weights have the same fingerprint in either backend, but the two implementations'
+    # rows differ in the last bits: a store keeps one backend. Absent = audiocraft (stores written
+    # before the transformers backend existed stay resumable).
+    if model.backend_name != "audiocraft":
+        meta["backend"] = model.backend_name
     store = _open_store(out, model, names, pooling, dtype, branches, meta, rank, dist)
     done = store.done_clips()
     clip_ids: list[str] = []

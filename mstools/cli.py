@@ -9,7 +9,13 @@ Commands (``python -m mstools <command> --help`` for each):
           --hooks 'blocks.*.hook_resid_post' --pooling mean --branches cond,uncond --out acts/
       torchrun --nproc_per_node 2 -m mstools cache ...same arguments...
 
-- ``hooks``  print a model's hook points (name, layer, audiocraft module, access, shape).
+- ``hooks``  print a model's hook points (name, layer, backend module, access, shape).
+
+Both take ``--backend audiocraft`` (default: Meta's reference implementation, audiocraft checkpoints)
+or ``--backend transformers`` (Hugging Face ``MusicgenForConditionalGeneration``: transformers
+checkpoints; the testbed and the random models run on both)::
+
+    python -m mstools cache --model testbed --backend transformers --source testbed:64 --out acts/
 
 Adding a command: write ``configure(parser)`` (adds its arguments) and ``run(args) -> int`` (exit
 code), and register them with ``@command(name, help, configure)`` on ``run``, in this module or in
@@ -90,16 +96,23 @@ MODEL_HELP = ("testbed (embedded, offline), random-tiny | random-small | random-
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    from .hook_registry import BACKENDS
     p.add_argument("--model", default="testbed", help=MODEL_HELP + " (default: testbed)")
+    p.add_argument("--backend", default="audiocraft", choices=BACKENDS,
+                   help="MusicGen implementation: audiocraft (audiocraft checkpoints) or "
+                        "transformers (transformers checkpoints) (default: audiocraft)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK when available, else cpu)")
 
 
-def make_model(name: str, device: str | None = None) -> Any:
-    """A :class:`~mstools.hooked.HookedMusicGen` from a ``--model`` value.
+def make_model(name: str, device: str | None = None, backend: str = "audiocraft") -> Any:
+    """A :class:`~mstools.hooked.HookedMusicGen` from ``--model`` and ``--backend`` values.
 
-    ``random-<scale>`` builds ``build_musicgen(scale, seed=0)``; anything else goes to
-    :func:`mstools.load_musicgen`.
+    ``random-<scale>`` builds ``build_musicgen(scale, seed=0, backend=backend)``; anything else goes
+    to :func:`mstools.load_musicgen`.
+
+    >>> make_model("random-tiny", "cpu", backend="transformers").backend_name   # doctest: +SKIP
+    'transformers'
     """
     import torch
     from .models import ARCHITECTURES, build_musicgen, load_musicgen
@@ -111,8 +124,8 @@ def make_model(name: str, device: str | None = None) -> Any:
         if scale not in ARCHITECTURES:
             raise ValueError(f"unknown model {name!r}; random models are "
                              f"{', '.join('random-' + s for s in ARCHITECTURES)}")
-        return build_musicgen(scale, seed=0, device=device)
-    return load_musicgen(name, device=device)
+        return build_musicgen(scale, seed=0, device=device, backend=backend)
+    return load_musicgen(name, device=device, backend=backend)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -238,7 +251,7 @@ def run_cache(args: argparse.Namespace) -> int:
     pooling = parse_pooling(args.pooling)
     source = parse_source(args.source, seed=args.seed)
     with process_group() as (rank, world_size):
-        model = make_model(args.model, args.device)
+        model = make_model(args.model, args.device, args.backend)
         store = cache_activations(
             model, source, args.out, hooks if len(hooks) > 1 else hooks[0], pooling,
             batch_size=args.batch_size, branches=branches, duration=args.duration, seed=args.seed,
@@ -262,7 +275,7 @@ def _configure_hooks(p: argparse.ArgumentParser) -> None:
 @command("hooks", "print the model's hook points", _configure_hooks)
 def run_hooks(args: argparse.Namespace) -> int:
     import pandas as pd
-    model = make_model(args.model, args.device or "cpu")
+    model = make_model(args.model, args.device or "cpu", args.backend)
     columns = ["name", "layer", "module", "access", "shape"] + (["doc"] if args.doc else [])
     table = pd.DataFrame(model.describe_hooks())[columns]
     table["layer"] = table["layer"].map(lambda v: "" if v is None or v != v else int(v))

@@ -1,10 +1,13 @@
 """cache_activations and the sources, against references computed directly with the model.
 
 References: ``run_with_cache`` / ``generate(cache=...)`` called by the test itself on batches it
-forms by hand (from the documented batching rule), pooled by hand (mean over steps, or the
-completing step of each frame), cast to the stored dtype and compared bit for bit; labels from
-the testbed's own ``make_dataset``, folder names and CSV rows written by the test; an uninterrupted
-run for resume.
+forms by hand (from the documented batching rule, with token counts read from the text tokenizer
+itself), pooled by hand (mean over steps, or the completing step of each frame), cast to the stored
+dtype and compared bit for bit; labels from the testbed's own ``make_dataset``, folder names and CSV
+rows written by the test; an uninterrupted run for resume.
+
+Model tests run on both backends (:data:`conftest.BACKENDS`). The padding test swaps audiocraft's
+text tokenizer (its cross-attention has no padding mask) and runs on audiocraft only.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import load_testbed, prompt_token_count, tiny_model
 
 from mstools import build_musicgen
 from mstools.caching import batch_seed, cache_activations, plan_batches
@@ -26,8 +30,8 @@ HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.attn.
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_musicgen("tiny", seed=0)
+def model(backend):
+    return tiny_model(backend)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -48,6 +52,19 @@ def interleave(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     return torch.stack([cond, uncond], dim=1).reshape(-1, *cond.shape[1:])
 
 
+def hand_batches(keys: list, batch_size: int) -> list[list[int]]:
+    """Item indices batched by the documented rule: one key (token length) per batch, a batch
+    emitted when its group is full, the remainders afterwards in order of first appearance."""
+    groups: dict = {}
+    batches = []
+    for i, key in enumerate(keys):
+        group = groups.setdefault(key, [])
+        group.append(i)
+        if len(group) == batch_size:
+            batches.append(groups.pop(key))
+    return batches + list(groups.values())
+
+
 # ----------------------------------------------------------------------------- teacher forcing
 
 @pytest.mark.parametrize("how", ["mean", "frame"])
@@ -57,18 +74,23 @@ def test_teacher_forcing_store_equals_run_with_cache(model, tmp_path, how):
                               Pooling(how), batch_size=4, branches=("cond", "uncond"),
                               progress=False)
     k = model.num_codebooks
-    expected: dict[str, list] = {h: [] for h in HOOKS}
-    for batch in (clips[:4], clips[4:]):  # one group (same length, one token): source order
-        codes = torch.stack([c.codes for c in batch])
-        _, cond = model.run_with_cache(codes, [c.prompt for c in batch], names_filter=HOOKS)
+    keys = [prompt_token_count(model, c.prompt) for c in clips]
+    per_clip: dict[int, dict[str, torch.Tensor]] = {}
+    for idx in hand_batches(keys, 4):  # audiocraft's one-token LUT: [0-3], [4-5]
+        codes = torch.stack([clips[i].codes for i in idx])
+        _, cond = model.run_with_cache(codes, [clips[i].prompt for i in idx], names_filter=HOOKS)
         _, uncond = model.run_with_cache(codes, None, names_filter=HOOKS)
-        for h in HOOKS:
-            if how == "mean":
-                c, u = cond[h].mean(dim=1), uncond[h].mean(dim=1)
-            else:  # frame f sits at step f + K - 1; T = 10 frames
-                c, u = cond[h][:, k - 1:k - 1 + 10], uncond[h][:, k - 1:k - 1 + 10]
-            expected[h].append(interleave(c, u))
-    expected_rows = {h: torch.cat(v) for h, v in expected.items()}
+        for j, i in enumerate(idx):
+            rows = {}
+            for h in HOOKS:
+                c, u = cond[h][j:j + 1], uncond[h][j:j + 1]
+                if how == "mean":
+                    c, u = c.mean(dim=1), u.mean(dim=1)
+                else:  # frame f sits at step f + K - 1; T = 10 frames
+                    c, u = c[:, k - 1:k - 1 + 10], u[:, k - 1:k - 1 + 10]
+                rows[h] = interleave(c, u)
+            per_clip[i] = rows
+    expected_rows = {h: torch.cat([per_clip[i][h] for i in range(6)]) for h in HOOKS}  # source order
     if how == "frame":
         expected_rows = {h: v.reshape(-1, *v.shape[2:]) for h, v in expected_rows.items()}
     assert_rows_equal(store, expected_rows)
@@ -94,7 +116,8 @@ def test_generation_store_equals_generate_cache(model, tmp_path):
     store = cache_activations(model, source, tmp_path / "g", HOOKS, "mean", batch_size=2,
                               branches=("cond", "uncond"), duration=0.8, seed=5, progress=False)
     expected: dict[str, list] = {h: [] for h in HOOKS}
-    # 3 prompts, batch size 2: batches [jazz, rock] (index 0) and [folk] (index 1)
+    # 3 prompts of one token length, batch size 2: batches [jazz, rock] (index 0) and [folk] (index 1)
+    assert len({prompt_token_count(model, f"{g} music") for g in ("jazz", "rock", "folk")}) == 1
     for index, prompts in enumerate([["jazz music", "rock music"], ["folk music"]]):
         out = model.generate(prompts, 0.8, seed=5 * 1_000_003 + index, cache=HOOKS)
         for h in HOOKS:
@@ -130,6 +153,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(model, tmp_path):
                         {"genre": ["jazz", "rock"], "instrument": ["piano", "brass", "drums"]})
     kw = dict(hooks=HOOKS, pooling="mean", batch_size=2, branches=("cond", "uncond"),
               duration=0.6, seed=1, shard_rows=6, progress=False)  # a shard = 3 clips x 2 branches
+    assert len({prompt_token_count(model, it.prompt) for it in source}) == 1  # batches of 2 in order
     reference = cache_activations(model, source, tmp_path / "ref", **kw)
 
     with pytest.raises(KeyboardInterrupt):
@@ -154,7 +178,7 @@ def test_store_made_with_another_model_or_settings_is_refused(model, tmp_path):
     source = testbed_clips(3, seconds=1.0, seed=0)
     store = cache_activations(model, source, tmp_path / "s", HOOKS[:1], progress=False)
     before = store.features(HOOKS[0], None).clone()
-    other = build_musicgen("tiny", seed=1)
+    other = tiny_model(model.backend_name, seed=1)
     with pytest.raises(StoreError, match=r"(?s)model: the store has 'random-tiny:.*this run asks"):
         cache_activations(other, source, tmp_path / "s", HOOKS[:1], progress=False)
     with pytest.raises(StoreError, match="hooks"):
@@ -163,6 +187,27 @@ def test_store_made_with_another_model_or_settings_is_refused(model, tmp_path):
         cache_activations(model, source, tmp_path / "s", HOOKS[:1], "last", progress=False)
     again = ActivationStore.open(tmp_path / "s")
     assert len(again) == 3 and torch.equal(bits(again.features(HOOKS[0], None)), bits(before))
+
+
+def test_store_made_on_another_backend_is_refused(tmp_path):
+    """The testbed has one fingerprint on both backends, but a store keeps rows of one backend
+    (two implementations differ in the last bits). audiocraft stores do not name their backend
+    (those written before the transformers backend existed stay resumable)."""
+    source = testbed_clips(2, seconds=1.0, seed=0)
+    ac, hf = load_testbed("audiocraft"), load_testbed("transformers")
+    assert ac.fingerprint == hf.fingerprint
+    kw = dict(hooks=HOOKS[:1], progress=False)
+    store = cache_activations(ac, source, tmp_path / "ac", **kw)
+    assert "backend" not in store.meta
+    with pytest.raises(StoreError, match="backend: the store has 'audiocraft', this run asks for "
+                                         "'transformers'"):
+        cache_activations(hf, source, tmp_path / "ac", **kw)
+    store = cache_activations(hf, source, tmp_path / "hf", **kw)
+    assert store.meta["backend"] == "transformers"
+    with pytest.raises(StoreError, match="backend: the store has 'transformers', this run asks for "
+                                         "'audiocraft'"):
+        cache_activations(ac, source, tmp_path / "hf", **kw)
+    assert len(cache_activations(hf, source, tmp_path / "hf", **kw)) == 2  # same backend resumes
 
 
 # ----------------------------------------------------------------------------- audio
@@ -279,7 +324,10 @@ class PaddingTokenizer:
         return tokens, mask
 
 
+@pytest.mark.audiocraft_only
 def test_prompts_are_batched_by_token_length_so_rows_do_not_depend_on_the_batch(tmp_path):
+    """audiocraft: its cross-attention has no padding mask, so the planner's grouping is what keeps
+    rows independent of their batch (transformers masks padding: test_hooked's batch invariance)."""
     padded = build_musicgen("tiny", seed=0)
     padded.lm.condition_provider.conditioners["description"].tokenizer = PaddingTokenizer()
     prompts = ["jazz", "slow rock with brass", "soft folk", "rock", "loud metal music",

@@ -1,7 +1,9 @@
-"""``python -m mstools`` end to end: in a subprocess, under ``torchrun`` (2 ranks, gloo), in-process errors.
+"""``python -m mstools`` end to end: in a subprocess, under ``torchrun`` (2 ranks, gloo), in-process
+(``--backend transformers``, errors).
 
-References: ``run_with_cache`` on the testbed clips computed here, the model's own hook list, and
-the single-process store for the two-rank run (bit for bit, labels and order included).
+References: ``run_with_cache`` on the testbed clips computed here (on the backend asked for), the
+model's own hook list, and the single-process store for the two-rank run (bit for bit, labels and
+order included).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mstools import build_musicgen
+from mstools import build_musicgen, load_musicgen
 from mstools.cli import main
 from mstools.store import ActivationStore
 from mstools.testbed import make_dataset
@@ -98,6 +100,33 @@ def test_cli_under_torchrun_two_ranks_equals_single_process(tmp_path):
     for h in single.hooks:
         assert torch.equal(bits(dist.features(h, None)), bits(single.features(h, None))), h
     assert dist.verify()["rows"] == 24
+
+
+def test_cli_backend_transformers_caches_with_the_transformers_model(tmp_path, capsys):
+    out = tmp_path / "store"
+    common = ["cache", "--model", "testbed", "--source", "testbed:3:1.0:2", "--hooks", ",".join(HOOKS),
+              "--batch-size", "1", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main(common + ["--backend", "transformers"]) == 0
+    store = ActivationStore.open(out)
+    model = load_musicgen("testbed", device="cpu", backend="transformers")
+    assert store.fingerprint == model.fingerprint and store.meta["backend"] == "transformers"
+    clips = make_dataset(3, frames=10, seed=2)
+    for h in HOOKS:  # batch size 1: each clip alone
+        want = torch.cat([model.run_with_cache(c.codes[None], [c.prompt], names_filter=h)[1][h].mean(1)
+                          for c in clips]).to(torch.float16)
+        assert torch.equal(bits(store.features(h, dtype=None)), bits(want)), h
+    capsys.readouterr()
+    assert main(common) == 2  # the default backend (audiocraft) does not resume it
+    assert "backend: the store has 'transformers', this run asks for 'audiocraft'" in \
+        capsys.readouterr().err
+
+    assert main(["hooks", "--model", "random-tiny", "--backend", "transformers"]) == 0
+    printed = capsys.readouterr().out
+    assert "on transformers" in printed.splitlines()[0]
+    assert any(ln.split()[:3] == ["blocks.1.hook_mlp_out", "1", "decoder.model.decoder.layers.1.fc2"]
+               for ln in printed.splitlines())
+    with pytest.raises(SystemExit):
+        main(["hooks", "--model", "random-tiny", "--backend", "jax"])
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

@@ -1,20 +1,21 @@
-"""Steering evaluation on the testbed: the table, the controls, and the quality measures."""
+"""Steering evaluation on the testbed: the table, the controls, and the quality measures, on both
+backends (the testbed's weights in audiocraft's LM and in transformers' decoder)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import library_special_token, load_testbed, plain_logits
 
-import mstools
 from mstools import evaluate
 from mstools.steering import Steering, SteeringVector
 from mstools.testbed import score
 
 
 @pytest.fixture(scope="module")
-def model():
-    return mstools.load_musicgen("testbed", device="cpu")
+def model(backend):
+    return load_testbed(backend)
 
 
 def test_steering_table_and_controls(model):
@@ -59,13 +60,14 @@ def test_nll_matches_manual_cross_entropy(model):
     out = model.generate(["rock", "jazz"], 2.0, seed=0, decode=False)
     got = evaluate.nll(model, out.codes, ["rock", "jazz"])
     seq = model.to_sequence(out.codes)
-    logits = model(out.codes, ["rock", "jazz"])
+    logits = plain_logits(model, out.codes, ["rock", "jazz"])
+    special = library_special_token(model)
     for b in range(2):
         total, count = 0.0, 0
         for k in range(model.num_codebooks):
             for s in range(seq.shape[-1] - 1):
                 t = int(seq[b, k, s + 1])
-                if t == model.lm.special_token_id:
+                if t == special:
                     continue
                 total -= float(torch.log_softmax(logits[b, k, s], -1)[t])
                 count += 1

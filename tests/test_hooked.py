@@ -1,31 +1,38 @@
-"""HookedMusicGen against independent references: plain audiocraft, a manual layer loop, teacher forcing."""
+"""HookedMusicGen against independent references on both backends: the library's own forward and
+sampler, a manual layer loop, teacher forcing.
+
+Parametrised over :data:`conftest.BACKENDS` (audiocraft and transformers); the references come from
+each library's code (see ``conftest.py``). ``test_describe_hooks_lists_modules`` and
+``test_streaming_state_is_reset_after_a_failed_generation`` are about audiocraft's module tree and
+streaming state and run on audiocraft only (transformers' module table is checked in
+``test_backends.py``; it keeps no state inside its modules).
+"""
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import (manual_resid_posts, out_proj, plain_generate, plain_logits, tiny_model,
+                      transformer_layer)
 
-from mstools import build_musicgen
 from mstools.hook_registry import UnknownHookError
 
 PROMPTS = ["jazz", "rock with brass"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_musicgen("tiny", seed=0)
+def model(backend):
+    return tiny_model(backend)
+
+
+@pytest.fixture(scope="module")
+def audiocraft_model():
+    return tiny_model("audiocraft")
 
 
 @pytest.fixture(scope="module")
 def codes(model):
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, model.card, (2, model.num_codebooks, 20), generator=g)
-
-
-def _plain_logits(model, codes, prompts):
-    seq = model.to_sequence(codes)
-    attrs = model.conditions(prompts, codes.shape[0])
-    with torch.no_grad():
-        return model.lm(seq, conditions=attrs)
 
 
 def _no_bridges(model):
@@ -35,44 +42,38 @@ def _no_bridges(model):
     assert model.clock._handle is None and model.clock._users == 0
 
 
-def test_no_hooks_and_identity_hooks_match_plain_audiocraft_logits(model, codes):
-    ref = _plain_logits(model, codes, PROMPTS)
+def _no_torch_hooks(model):
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.lm.modules())
+
+
+def test_no_hooks_and_identity_hooks_match_the_library_logits(model, codes):
+    ref = plain_logits(model, codes, PROMPTS)
     assert torch.equal(model(codes, PROMPTS), ref)
     with model.hooks([(lambda n: True, lambda x, hook: x)]):
         out = model(codes, PROMPTS)
     assert torch.equal(out, ref)
     _no_bridges(model)
+    _no_torch_hooks(model)
 
 
-def test_generation_bit_identical_to_plain_audiocraft(model):
-    mg = model.musicgen
-    mg.set_generation_params(duration=0.6, top_k=model.card)
-    torch.manual_seed(3)
-    ref = mg.generate(PROMPTS, return_tokens=True)[1]
+def test_generation_bit_identical_to_the_library_generate(model):
+    ref = plain_generate(model, PROMPTS, 0.6, seed=3, top_k=model.card)
+    assert ref.shape == (2, model.num_codebooks, 15)
     out = model.generate(PROMPTS, duration=0.6, seed=3, top_k=model.card)
     assert torch.equal(out.codes, ref)
     out2 = model.generate(PROMPTS, duration=0.6, seed=3, top_k=model.card,
                           fwd_hooks=[(lambda n: True, lambda x, hook: x)], cache=True)
     assert torch.equal(out2.codes, ref)
     _no_bridges(model)
+    _no_torch_hooks(model)
 
 
 def test_resid_post_equals_manual_layer_loop(model, codes):
-    from audiocraft.modules.transformer import create_sin_embedding
-    lm = model.lm
     _, cache = model.run_with_cache(codes, PROMPTS, names_filter="blocks.*.hook_resid_post")
-    seq = model.to_sequence(codes)
-    with torch.no_grad():
-        attrs = model.conditions(PROMPTS, 2)
-        cond = lm.condition_provider(lm.condition_provider.tokenize(attrs))
-        x = sum(lm.emb[k](seq[:, k]) for k in range(model.num_codebooks))
-        x, cross = lm.fuser(x, cond)
-        pos = torch.arange(seq.shape[-1]).view(1, -1, 1)
-        x = x + create_sin_embedding(pos, model.d_model, max_period=lm.transformer.max_period)
-        for layer_idx, layer in enumerate(lm.transformer.layers):
-            x = layer(x, cross_attention_src=cross)
-            torch.testing.assert_close(cache[f"blocks.{layer_idx}.hook_resid_post"], x,
-                                       rtol=0, atol=0)
+    manual = manual_resid_posts(model, codes, PROMPTS)
+    assert len(manual) == model.num_layers
+    for layer_idx, x in enumerate(manual):
+        torch.testing.assert_close(cache[f"blocks.{layer_idx}.hook_resid_post"], x, rtol=0, atol=0)
 
 
 def test_hook_z_is_the_input_of_out_proj(model, codes):
@@ -80,19 +81,17 @@ def test_hook_z_is_the_input_of_out_proj(model, codes):
     _, cache = model.run_with_cache(codes, PROMPTS, names_filter=names)
     z = cache["blocks.1.attn.hook_z"]
     assert z.shape == (2, codes.shape[-1] + 3, model.num_heads, model.d_model // model.num_heads)
-    proj = model.lm.transformer.layers[1].self_attn.out_proj
     with torch.no_grad():
-        torch.testing.assert_close(proj(z.flatten(2)), cache["blocks.1.hook_attn_out"])
+        torch.testing.assert_close(out_proj(model, 1)(z.flatten(2)), cache["blocks.1.hook_attn_out"])
 
 
 def test_hook_z_edit_of_one_head_matches_manual(model, codes):
     """Zeroing head 2 through hook_z equals subtracting that head's share of out_proj by hand."""
-    layer = model.lm.transformer.layers[0]
     _, cache = model.run_with_cache(codes, PROMPTS, names_filter=["blocks.0.attn.hook_z",
                                                                    "blocks.0.hook_attn_out"])
     z = cache["blocks.0.attn.hook_z"]
     dh = z.shape[-1]
-    w = layer.self_attn.out_proj.weight  # [D, D]
+    w = out_proj(model, 0).weight  # [D, D]
     expected = cache["blocks.0.hook_attn_out"] - z[:, :, 2] @ w[:, 2 * dh:3 * dh].T
 
     def zero_head(x, hook):
@@ -118,11 +117,12 @@ def test_generation_cache_equals_teacher_forcing_both_branches(model):
         torch.testing.assert_close(out.cache.uncond[name], tf_null[name], atol=1e-5, rtol=1e-4)
 
 
-def test_clock_reads_streaming_offset_each_step(model):
+def test_clock_reads_the_cache_offset_each_step(model):
     seen = []
     model.generate(["jazz"], duration=0.4, seed=0,
                    fwd_hooks=[("blocks.0.hook_resid_post",
                                lambda x, hook: seen.append((x.shape[1], hook.clock.steps.tolist())))])
+    assert len(seen) == int(0.4 * model.frame_rate) + model.num_codebooks - 1
     assert all(s == 1 for s, _ in seen)  # every generation step has length 1
     assert [st[0] for _, st in seen] == list(range(len(seen)))
 
@@ -144,7 +144,8 @@ def test_cond_only_edit_leaves_uncond_rows_bit_identical(model, codes):
 
 def test_hooks_removed_after_exception_interrupt_and_nesting(model, codes):
     user_calls = []
-    user = model.lm.transformer.layers[0].register_forward_hook(lambda m, i, o: user_calls.append(1))
+    layer0 = transformer_layer(model, 0)
+    user = layer0.register_forward_hook(lambda m, i, o: user_calls.append(1))
     try:
         for exc in (RuntimeError, KeyboardInterrupt):
             with pytest.raises(exc):
@@ -172,9 +173,10 @@ def test_hooks_removed_after_exception_interrupt_and_nesting(model, codes):
         _no_bridges(model)
         model(codes, PROMPTS)
         assert user_calls, "the user's own torch hook must survive"
-        assert len(model.lm.transformer.layers[0]._forward_hooks) == 1
+        assert len(layer0._forward_hooks) == 1
     finally:
         user.remove()
+    _no_torch_hooks(model)
 
 
 def test_generation_hooks_removed_after_exception(model):
@@ -184,9 +186,24 @@ def test_generation_hooks_removed_after_exception(model):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("stop")
+    ref = model.generate(["jazz"], duration=0.4, seed=0).codes
     with pytest.raises(RuntimeError):
         model.generate(["jazz"], duration=0.4, seed=0, fwd_hooks=[("blocks.1.hook_resid_post",
                                                                    fail_late)])
+    _no_bridges(model)
+    _no_torch_hooks(model)
+    assert torch.equal(model.generate(["jazz"], duration=0.4, seed=0).codes, ref)  # nothing left over
+
+
+@pytest.mark.audiocraft_only
+def test_streaming_state_is_reset_after_a_failed_generation(audiocraft_model):
+    """audiocraft keeps KV caches and offsets inside its modules: a failed step must clear them."""
+    model = audiocraft_model
+
+    def fail(x, hook):
+        raise RuntimeError("stop")
+    with pytest.raises(RuntimeError):
+        model.generate(["jazz"], duration=0.4, seed=0, fwd_hooks=[("blocks.1.hook_resid_post", fail)])
     _no_bridges(model)
     assert model.lm._streaming_state == {} or not model.lm._is_streaming
 
@@ -221,7 +238,10 @@ def test_bad_codes_are_refused_clearly(model, codes):
         model(codes, ["only one"])
 
 
-def test_describe_hooks_lists_modules(model):
+@pytest.mark.audiocraft_only
+def test_describe_hooks_lists_modules(audiocraft_model):
+    """audiocraft module paths (transformers': test_backends.py)."""
+    model = audiocraft_model
     rows = {r["name"]: r for r in model.describe_hooks()}
     assert rows["blocks.1.hook_mlp_out"]["module"] == "lm.transformer.layers.1.layer_scale_2"
     for r in rows.values():  # every module path exists in audiocraft's LM

@@ -1,12 +1,13 @@
-"""Steering attached to a model, against manual computations and unsteered runs."""
+"""Steering attached to a model, against manual computations and unsteered runs, on both backends
+(parametrised over :data:`conftest.BACKENDS`)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import tiny_model
 
-from mstools import build_musicgen
 from mstools.steering import (Steerer, Steering, SteeringVector, apply, mean_norms, schedules,
                               sweep)
 
@@ -14,8 +15,8 @@ H = "blocks.0.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_musicgen("tiny", seed=0)
+def model(backend):
+    return tiny_model(backend)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_sweep_rows_follow_their_own_settings(model, vec):
 
 
 def test_refusals(model, vec):
-    other = build_musicgen("tiny", seed=1)
+    other = tiny_model(model.backend_name, seed=1)
     with pytest.raises(ValueError, match="made for model"):
         with apply(vec, other, strength=1.0):
             pass
