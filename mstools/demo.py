@@ -1,6 +1,10 @@
 """The main job: the whole method on the testbed, end to end, into one HTML report.
 
-    python -m mstools demo [--out outputs] [--quick]
+    python -m mstools demo [--out outputs] [--quick] [--backend audiocraft|transformers]
+
+``--backend`` picks the implementation the testbed runs on (audiocraft: Meta's reference code, the
+default; transformers: Hugging Face's MusicGen holding the same weights). Hook names, activations
+and the report's sections are the same on both.
 
 1. cache mean-pooled residual activations of procedural clips (known labels) for the trained testbed
    and an untrained model of the same shape, into activation stores;
@@ -21,7 +25,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["run_demo", "DemoConfig"]
+from .hook_registry import BACKENDS
+
+__all__ = ["run_demo", "demo_models", "DemoConfig"]
 
 
 @dataclasses.dataclass
@@ -50,39 +56,55 @@ def _vector(direction: Any, model: Any) -> Any:
                           source=f"{direction.method}:{direction.label}@{direction.hook}", units="unit")
 
 
-def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) -> Path:
-    """Run the pipeline and write ``out/report.html``; returns its path."""
+def demo_models(seed: int = 0, backend: str = "audiocraft") -> tuple[Any, Any]:
+    """The trained testbed and an untrained model of the same shape, both on ``backend``.
+
+    >>> model, untrained = demo_models(0, "transformers")
+    >>> model.backend_name, untrained.backend_name
+    ('transformers', 'transformers')
+    """
     import mstools
+    from .lessons import untrained_testbed
+    model = mstools.load_musicgen("testbed", device="cpu", backend=backend)
+    return model, untrained_testbed(seed, backend)
+
+
+def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0,
+             backend: str = "audiocraft") -> Path:
+    """Run the pipeline on the testbed (on ``backend``) and write ``out/report.html``; returns its path.
+
+    >>> run_demo("outputs", quick=True, backend="transformers")       # doctest: +SKIP
+    PosixPath('outputs/report.html')
+    """
     from . import evaluate, plots, probes
     from .audio import spectrogram, write_wav
     from .caching import cache_activations
     from .directions import cosine_matrix, diff_means, from_probe
-    from .hooked import HookedMusicGen
     from .pooling import Pooling
     from .projections import direction_arrows, pca, umap_embed
     from .report import Report
     from .sources import testbed_clips
     from .steering import Steering, schedules
-    from .testbed import FACTORS, GENRES, build_testbed_musicgen
+    from .testbed import FACTORS, GENRES
 
     cfg = DemoConfig.quick() if quick else DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     torch.manual_seed(seed)
-    model = mstools.load_musicgen("testbed", device="cpu")
-    untrained = HookedMusicGen(build_testbed_musicgen(seed=seed), name="testbed-untrained")
+    model, untrained = demo_models(seed, backend)
     hooks = [f"blocks.{l}.hook_resid_post" for l in range(model.num_layers)]
     report = Report("mstools — the method on the testbed")
-    report.text(f"{model}. Every number below was measured by `python -m mstools demo"
-                f"{' --quick' if quick else ''}` in this run.")
+    flags = (" --quick" if quick else "") + (f" --backend {backend}" if backend != "audiocraft" else "")
+    report.text(f"{model}. Every number below was measured by `python -m mstools demo{flags}` in "
+                "this run.")
 
     # 1. cache --------------------------------------------------------------------------------
     _log(f"caching {cfg.clips} procedural clips x {len(hooks)} layers (trained and untrained)")
     source = testbed_clips(cfg.clips, seconds=cfg.seconds, seed=seed)
     stores = {}
     for name, m in (("trained", model), ("untrained", untrained)):
-        where = out / "stores" / f"{'quick' if quick else 'full'}_{name}"
+        where = out / "stores" / f"{'quick' if quick else 'full'}_{backend}_{name}"
         stores[name] = cache_activations(m, source, where, hooks, Pooling("mean"),
                                          batch_size=32, progress=False)
     labels = stores["trained"].labels
@@ -190,7 +212,7 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0) ->
                               max_hz=4000))
     minutes = (time.time() - t_start) / 60
     report.text(f"Run time: {minutes:.1f} min on {torch.get_num_threads()} CPU threads.", note=True)
-    results = {"probes_best": best.to_dict(orient="records"),
+    results = {"backend": backend, "probes_best": best.to_dict(orient="records"),
                "steering": steer_summary.to_dict(orient="records"), "minutes": minutes}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     sweep.to_csv(out / "probes.csv", index=False)
@@ -205,13 +227,15 @@ def _configure(p: Any) -> None:
     p.add_argument("--out", default="outputs", help="folder for report.html, wavs, tables")
     p.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="audiocraft",
+                   help="MusicGen implementation the testbed runs on (default: audiocraft)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
 
 def _run(args: Any) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, backend=args.backend)
     return 0
 
 

@@ -12,6 +12,9 @@ computed elsewhere.
 - :func:`probe_readout`      a fitted probe as a readout callable (class probabilities, named columns)
 - :func:`first_difference`   time of the first frame where two sets of codes differ
 - :func:`time_generation`    wall time per generation step and per second of audio
+- :func:`text_conditioner`   what turns a prompt into the condition the LM cross-attends to
+- :func:`backend_gap`        two models (e.g. two backends) on the same codes: largest gap per hook
+- :func:`untrained_testbed`  the testbed's architecture with random weights, on either backend
 
 >>> delay_table(num_codebooks=3, frames=2).values.tolist()
 [[-1, 0, 1, -1], [-1, -1, 0, 1], [-1, -1, -1, 0]]
@@ -29,7 +32,8 @@ import torch
 from . import timeline
 
 __all__ = ["delay_table", "hook_shapes", "held_out_predictions", "label_shares", "compare", "compare_figure",
-           "probe_readout", "first_difference", "time_generation"]
+           "probe_readout", "first_difference", "time_generation", "text_conditioner", "backend_gap",
+           "untrained_testbed"]
 
 
 def delay_table(num_codebooks: int, frames: int, codebook_names: Sequence[str] | None = None) -> pd.DataFrame:
@@ -353,3 +357,93 @@ def time_generation(model: Any, seconds: float = 1.0, batch: int = 1, *, repeats
         steps = timeline.num_steps(int(out.codes.shape[-1]), model.num_codebooks)
     return {"steps": float(steps), "seconds_per_step": best / max(steps, 1),
             "compute_per_audio_second": best / seconds, "batch": float(batch)}
+
+
+def text_conditioner(model: Any) -> str:
+    """Name what turns a prompt into the condition the LM cross-attends to, on either backend.
+
+    audiocraft: the classes of ``model.lm.condition_provider.conditioners``; transformers: the text
+    encoder feeding ``encoder_hidden_states`` (T5 for released checkpoints; for the testbed, its own
+    audiocraft word conditioner read by transformers' decoder).
+
+    Returns:
+        One line, e.g. ``"description: WordConditioner (audiocraft)"``.
+
+    >>> text_conditioner(mstools.load_musicgen("testbed", backend="transformers"))   # doctest: +SKIP
+    'description: WordConditioner (audiocraft conditioner -> transformers encoder_hidden_states)'
+    """
+    backend = model.backend
+    if backend.name == "audiocraft":
+        conds = model.lm.condition_provider.conditioners
+        return ", ".join(f"{k}: {type(c).__name__}" for k, c in conds.items()) + " (audiocraft)"
+    text = backend.text
+    provider = getattr(text, "provider", None)
+    if provider is not None:
+        conds = ", ".join(f"{k}: {type(c).__name__}" for k, c in provider.conditioners.items())
+        return f"{conds} (audiocraft conditioner -> transformers encoder_hidden_states)"
+    encoder = getattr(text, "text_encoder", None)
+    if encoder is not None:
+        proj = " + enc_to_dec_proj" if getattr(text, "proj", None) is not None else ""
+        return f"{type(encoder).__name__}{proj} (transformers encoder_hidden_states)"
+    return type(text).__name__
+
+
+def backend_gap(model_a: Any, model_b: Any, codes: torch.Tensor, prompts: Sequence[str | None],
+                names_filter: Any = None) -> pd.DataFrame:
+    """Teacher-force the same codes and prompts through two models and compare every hook.
+
+    Made for one model on two backends (``load_musicgen(name, backend=...)``): the hook names are
+    the same, so every activation and the logits can be compared directly.
+
+    Args:
+        model_a, model_b: two :class:`mstools.hooked.HookedMusicGen` with the same hook names.
+        codes: LongTensor ``[B, K, T]``.
+        prompts: one text per clip (None: unconditional).
+        names_filter: hooks to compare (default: all).
+
+    Returns:
+        DataFrame indexed by hook name (``"logits"`` first) with ``shape``, ``max_abs_diff``
+        (largest ``|a - b|``) and ``scale`` (largest ``|a|``).
+
+    >>> a, b = (mstools.load_musicgen("testbed", backend=x) for x in ("audiocraft", "transformers"))
+    >>> codes, prompts = a.reference_codes(2, 2.0)
+    >>> backend_gap(a, b, codes, prompts).loc["logits", "max_abs_diff"] < 1e-4   # doctest: +SKIP
+    True
+    """
+    if model_a.hook_names != model_b.hook_names:
+        raise ValueError("the two models have different hook names; compare one model on two "
+                         "backends (or two models of one architecture)")
+    la, ca = model_a.run_with_cache(codes, prompts, names_filter=names_filter)
+    lb, cb = model_b.run_with_cache(codes, prompts, names_filter=names_filter)
+    pairs = [("logits", la, lb)] + [(n, ca[n], cb[n]) for n in ca]
+    rows = []
+    for name, x, y in pairs:
+        if x.shape != y.shape:
+            raise ValueError(f"{name}: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
+        rows.append(dict(hook=name, shape=tuple(x.shape),
+                         max_abs_diff=float((x.double() - y.double()).abs().max()),
+                         scale=float(x.double().abs().max())))
+    return pd.DataFrame(rows).set_index("hook")
+
+
+def untrained_testbed(seed: int = 0, backend: str = "audiocraft") -> Any:
+    """The testbed's architecture with random weights (the untrained-model baseline), on ``backend``.
+
+    On ``"transformers"`` the random audiocraft LM's weights are mapped into transformers' decoder,
+    exactly as :func:`mstools.load_musicgen` does for the trained testbed, so both backends hold the
+    same untrained model (same fingerprint).
+
+    Returns:
+        :class:`mstools.hooked.HookedMusicGen` named ``"testbed-untrained"``.
+
+    >>> untrained_testbed(0, "transformers").backend_name
+    'transformers'
+    """
+    from .hooked import HookedMusicGen
+    from .models import _check_backend
+    from .testbed import build_testbed_musicgen
+    source: Any = build_testbed_musicgen(seed=seed)
+    if _check_backend(backend) == "transformers":
+        from .backends.transformers_backend import backend_from_audiocraft
+        source = backend_from_audiocraft(source)
+    return HookedMusicGen(source, name="testbed-untrained")

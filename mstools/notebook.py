@@ -2,7 +2,8 @@
 
 >>> from mstools.notebook import setup
 >>> nb = setup(MODEL="testbed")          # loads the model, pins threads, seeds, says what it runs on
->>> nb.model, nb.quick, nb.size(256, quick=32)
+>>> nb.model, nb.backend, nb.quick, nb.size(256, quick=32)
+>>> nb = setup("testbed", BACKEND="transformers")   # the same model in Hugging Face's implementation
 
 Under test (``MSTOOLS_TEST=1``, set by ``make test``) ``nb.quick`` is True and ``nb.size`` returns the
 small number, so every notebook runs in a few minutes on a 2-core CPU.
@@ -25,10 +26,15 @@ def under_test() -> bool:
 
 @dataclasses.dataclass
 class Notebook:
-    """What a notebook needs: the model, whether to shrink work, where to write."""
+    """What a notebook needs: the model, whether to shrink work, where to write.
+
+    ``model_name`` is the model actually running (``"testbed"`` after a fallback) and ``backend`` the
+    implementation it runs on (``"audiocraft"`` or ``"transformers"``).
+    """
 
     model: Any
     model_name: str
+    backend: str
     quick: bool
     device: str
     outputs: str
@@ -38,15 +44,30 @@ class Notebook:
         return quick if self.quick else full
 
 
-def setup(MODEL: str = "testbed", *, device: str | None = None, seed: int = 0,
-          threads: int | None = None, outputs: str = "outputs", quiet: bool = False) -> Notebook:
-    """Load ``MODEL`` (``"testbed"``, ``"random-tiny"``/``"random-small"``, or a checkpoint) and set up.
+def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | None = None,
+          seed: int = 0, threads: int | None = None, outputs: str = "outputs",
+          quiet: bool = False) -> Notebook:
+    """Load ``MODEL`` on ``BACKEND`` and set up: threads, seed, output folder.
 
-    A real checkpoint whose weights are missing falls back to the testbed, and says so.
+    Args:
+        MODEL: ``"testbed"``, ``"random-tiny"``/``"random-small"`` (random weights, real shapes) or a
+            checkpoint (``"facebook/musicgen-small"`` or a local folder).
+        BACKEND: ``"audiocraft"`` (Meta's reference code) or ``"transformers"`` (Hugging Face's
+            MusicGen). Hook names, shapes and steps are the same on both.
+
+    A real checkpoint whose weights are missing falls back to the testbed on the same backend, and
+    says so.
+
+    >>> nb = setup("testbed", BACKEND="transformers", quiet=True)
+    >>> nb.backend, nb.model.backend_name
+    ('transformers', 'transformers')
     """
     import warnings
 
     import mstools
+    from .hook_registry import BACKENDS
+    if BACKEND not in BACKENDS:
+        raise ValueError(f"BACKEND must be one of {BACKENDS}, got {BACKEND!r}")
     quick = under_test()
     if quick:  # tests never reach for the hub (a missing checkpoint falls back at once)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,16 +79,18 @@ def setup(MODEL: str = "testbed", *, device: str | None = None, seed: int = 0,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     name = MODEL
     if MODEL.startswith("random-"):
-        model = mstools.build_musicgen(MODEL.split("-", 1)[1], seed=seed, device=device)
+        model = mstools.build_musicgen(MODEL.split("-", 1)[1], seed=seed, device=device,
+                                       backend=BACKEND)
     else:
         try:
-            model = mstools.load_musicgen(MODEL, device=device)
+            model = mstools.load_musicgen(MODEL, device=device, backend=BACKEND)
         except mstools.MissingWeightsError as e:
-            warnings.warn(f"{e}\n-> running on the testbed instead.")
+            warnings.warn(f"{e}\n-> running on the testbed ({BACKEND} backend) instead.")
             name = "testbed"
-            model = mstools.load_musicgen("testbed", device=device)
+            model = mstools.load_musicgen("testbed", device=device, backend=BACKEND)
     os.makedirs(outputs, exist_ok=True)
     if not quiet:
-        print(f"{model}\ndevice: {device}, torch threads: {torch.get_num_threads()}"
-              f"{', quick mode (under test)' if quick else ''}")
-    return Notebook(model=model, model_name=name, quick=quick, device=device, outputs=outputs)
+        print(f"{model}\nbackend: {BACKEND}, device: {device}, torch threads: "
+              f"{torch.get_num_threads()}{', quick mode (under test)' if quick else ''}")
+    return Notebook(model=model, model_name=name, backend=BACKEND, quick=quick, device=device,
+                    outputs=outputs)

@@ -21,8 +21,9 @@ How it behaves:
 - ``panel.run(sync=True)`` runs in the calling thread (tests, scripts); ``panel.result`` holds the
   last clips and readout table.
 
-Do not use the same model elsewhere in the kernel while the panel is generating: audiocraft keeps
-streaming state inside the model's modules.
+Do not use the same model elsewhere in the kernel while the panel is generating: generation state
+lives on the model (audiocraft's streaming state inside its modules, and on either backend the step
+clock and the hooks of the run).
 
 Example:
 

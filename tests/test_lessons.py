@@ -10,18 +10,23 @@ import mstools
 from mstools import lessons, probes
 
 
+@pytest.fixture(scope="module", params=["audiocraft", "transformers"])
+def tiny(request):
+    return mstools.build_musicgen("tiny", seed=0, backend=request.param)
+
+
 @pytest.fixture(scope="module")
-def tiny():
-    return mstools.build_musicgen("tiny", seed=0)
+def testbeds():
+    return {b: mstools.load_musicgen("testbed", backend=b) for b in ("audiocraft", "transformers")}
 
 
 def test_delay_table_matches_audiocrafts_pattern(tiny):
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, tiny.card, (1, tiny.num_codebooks, 7), generator=g)
-    seq = tiny.to_sequence(codes)[0]  # audiocraft's own pattern provider
+    seq = tiny.to_sequence(codes)[0]  # the backend's own delay pattern
     table = lessons.delay_table(tiny.num_codebooks, 7)
     assert table.shape == tuple(seq.shape)
-    special = tiny.lm.special_token_id
+    special = tiny.special_token_id
     for k in range(tiny.num_codebooks):
         for s in range(seq.shape[1]):
             f = int(table.iloc[k, s])
@@ -176,3 +181,49 @@ def test_probe_readout_gives_probabilities_that_agree_with_the_probe():
     cont = probes.fit_probes({"h": X}, labels.assign(bpm=np.linspace(60, 180, 90)), "bpm")["h"]
     with pytest.raises(ValueError, match="classification"):
         lessons.probe_readout(cont)
+
+
+def test_backend_gap_equals_a_manual_comparison(testbeds):
+    ac, hf = testbeds["audiocraft"], testbeds["transformers"]
+    codes, prompts = ac.reference_codes(2, 2.0)
+    gap = lessons.backend_gap(ac, hf, codes, prompts, names_filter="blocks.*.hook_resid_post")
+    assert list(gap.index) == ["logits"] + ac.check_names("blocks.*.hook_resid_post")
+    manual = (ac(codes, prompts).double() - hf(codes, prompts).double()).abs().max().item()
+    assert gap.loc["logits", "max_abs_diff"] == pytest.approx(manual, rel=1e-9, abs=1e-12)
+    assert gap["max_abs_diff"].max() < 1e-4  # one model on two backends
+    h = "blocks.1.hook_resid_post"
+    _, cache = ac.run_with_cache(codes, prompts, names_filter=h)
+    assert gap.loc[h, "scale"] == pytest.approx(cache[h].abs().max().item())
+    assert gap.loc[h, "shape"] == tuple(cache[h].shape)
+
+
+def test_backend_gap_sees_a_different_model(testbeds):
+    ac = testbeds["audiocraft"]
+    codes, prompts = ac.reference_codes(2, 2.0)
+    untrained = lessons.untrained_testbed(0, "transformers")
+    gap = lessons.backend_gap(ac, untrained, codes, prompts, names_filter="hook_embed")
+    manual = (ac(codes, prompts) - untrained(codes, prompts)).abs().max().item()
+    assert gap.loc["logits", "max_abs_diff"] == pytest.approx(manual, rel=1e-5) and manual > 1.0
+    with pytest.raises(ValueError, match="different hook names"):
+        lessons.backend_gap(ac, mstools.build_musicgen("tiny"), codes, prompts)
+
+
+def test_untrained_testbed_is_one_model_on_both_backends(testbeds):
+    ac, hf = lessons.untrained_testbed(0, "audiocraft"), lessons.untrained_testbed(0, "transformers")
+    assert (ac.backend_name, hf.backend_name) == ("audiocraft", "transformers")
+    assert ac.fingerprint == hf.fingerprint != testbeds["audiocraft"].fingerprint
+    from mstools.testbed import build_testbed_musicgen
+    ref = build_testbed_musicgen(seed=0).lm.state_dict()  # the reference random weights
+    assert all(torch.equal(v, ref[k]) for k, v in ac.lm.state_dict().items())
+    codes, prompts = testbeds["audiocraft"].reference_codes(2, 2.0)
+    torch.testing.assert_close(hf(codes, prompts), ac(codes, prompts), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        lessons.untrained_testbed(0, "jax")
+
+
+def test_text_conditioner_names_the_backends_encoder(testbeds):
+    assert lessons.text_conditioner(testbeds["audiocraft"]) == "description: WordConditioner (audiocraft)"
+    hf = lessons.text_conditioner(testbeds["transformers"])
+    assert hf.startswith("description: WordConditioner") and "transformers" in hf
+    t5 = lessons.text_conditioner(mstools.build_musicgen("tiny", backend="transformers"))
+    assert t5.startswith("T5EncoderModel")

@@ -46,7 +46,7 @@ def test_first_code_cell_is_the_parameters_cell(path):
     tree = ast.parse(first.source)
     assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
                 if isinstance(t, ast.Name)}
-    assert "MODEL" in assigned, "the parameters cell must define MODEL"
+    assert {"MODEL", "BACKEND"} <= assigned, "the parameters cell must define MODEL and BACKEND"
     assert all(isinstance(node, ast.Assign) for node in tree.body), "parameters cell: assignments only"
 
 
@@ -56,7 +56,7 @@ def test_one_setup_call_in_the_second_code_cell(path):
     calls = [i for i, c in enumerate(code) for _ in re.finditer(r"\bsetup\(", c.source)]
     assert calls == [1], f"exactly one setup( call, in the second code cell; found in code cells {calls}"
     assert "from mstools.notebook import setup" in code[1].source
-    assert re.search(r"\bnb\s*=\s*setup\(MODEL\)", code[1].source)
+    assert re.search(r"\bnb\s*=\s*setup\(MODEL, BACKEND\)", code[1].source)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

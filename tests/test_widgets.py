@@ -1,4 +1,5 @@
-"""The steering panel driven through its widgets, against Steerer, plain generate and run_with_cache."""
+"""The steering panel driven through its widgets, against Steerer, plain generate and run_with_cache,
+on both backends."""
 from __future__ import annotations
 
 import base64
@@ -28,9 +29,9 @@ def no_hooks_attached(model) -> bool:
     return all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
 
-@pytest.fixture(scope="module")
-def model():
-    return mstools.load_musicgen("testbed")
+@pytest.fixture(scope="module", params=["audiocraft", "transformers"])
+def model(request):
+    return mstools.load_musicgen("testbed", backend=request.param)
 
 
 @pytest.fixture(scope="module")
