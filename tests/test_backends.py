@@ -204,3 +204,32 @@ def test_unknown_backend_and_missing_weights():
         mstools.load_musicgen("testbed", backend="jax")
     with pytest.raises(mstools.MissingWeightsError, match="musicgen-small"):
         mstools.load_musicgen("facebook/musicgen-small", backend="transformers")
+
+
+@pytest.mark.parametrize("scale", ["tiny", pytest.param("small", marks=pytest.mark.slow)])
+def test_released_layout_maps_with_gelu(scale):
+    """audiocraft's MusicGen layout (GELU MLP, LUT text condition) on transformers' decoder: the
+    testbed uses ReLU, the released configs GELU, so both activations are covered."""
+    from mstools.backends.transformers_backend import backend_from_audiocraft
+    from mstools.hooked import HookedMusicGen
+    ac = mstools.build_musicgen(scale, seed=0)
+    hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)
+    assert hf.backend.decoder.config.activation_function == "gelu"
+    assert hf.fingerprint == ac.fingerprint
+    codes = torch.randint(0, ac.card, (2, 4, 12), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hf(codes, ["jazz", None]), ac(codes, ["jazz", None]),
+                               atol=ATOL, rtol=0)
+    oa = ac.generate(["jazz", "rock"], 0.3, seed=1, use_sampling=False, decode=False)
+    oh = hf.generate(["jazz", "rock"], 0.3, seed=1, use_sampling=False, decode=False)
+    assert torch.equal(oa.codes, oh.codes)
+
+
+def test_a_saved_transformers_folder_loads_through_load_musicgen(tiny_hf, tmp_path):
+    tiny_hf.backend.composite.save_pretrained(tmp_path)
+    tiny_hf.backend.text.tokenizer.save_pretrained(tmp_path)
+    loaded = mstools.load_musicgen(str(tmp_path), backend="transformers", device="cpu")
+    assert loaded.backend_name == "transformers" and loaded.hook_names == tiny_hf.hook_names
+    a = tiny_hf.generate(["jazz"], 0.4, seed=2, cache="blocks.1.hook_resid_post")
+    b = loaded.generate(["jazz"], 0.4, seed=2, cache="blocks.1.hook_resid_post")
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.audio, b.audio)
+    assert torch.equal(a.cache["blocks.1.hook_resid_post"], b.cache["blocks.1.hook_resid_post"])
