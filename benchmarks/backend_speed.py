@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, pin_threads, summary, table, write  # noqa: E402
+from common import model as load_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,14 +32,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     pin_threads(args.threads)
-    import mstools
     from mstools.backends.transformers_backend import backend_from_audiocraft
     from mstools.hooked import HookedMusicGen
     from mstools.steering import SteeringVector, apply
-    if args.scale == "testbed":
-        ac = mstools.load_musicgen("testbed", device="cpu")
-    else:
-        ac = mstools.build_musicgen(args.scale, seed=0)
+    ac = load_model(args.scale)
     hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)
     assert hf.fingerprint == ac.fingerprint
     if hasattr(ac, "reference_codes"):  # the testbed's clips for activation norms

@@ -38,6 +38,14 @@ def summary(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str,
                 "ratio_vs_" + baseline: statistics.median(v) / base} for k, v in times.items()}
 
 
+def model(scale: str, backend: str = "audiocraft"):
+    """The model a benchmark runs: ``"testbed"`` (trained, embedded) or a random build at ``scale``."""
+    import mstools
+    if scale == "testbed":
+        return mstools.load_musicgen("testbed", device="cpu", backend=backend)
+    return mstools.build_musicgen(scale, seed=0, backend=backend)
+
+
 def machine() -> dict[str, object]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, pin_threads, summary, table, write  # noqa: E402
+from common import model as load_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,11 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     pin_threads(args.threads)
-    import mstools
-    if args.scale == "testbed":
-        model = mstools.load_musicgen("testbed", device="cpu", backend=args.backend)
-    else:
-        model = mstools.build_musicgen(args.scale, seed=0, backend=args.backend)
+    model = load_model(args.scale, args.backend)
     prompts = ["jazz"]
     top_k = min(250, model.card)
     if args.backend == "audiocraft":

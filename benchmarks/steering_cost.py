@@ -19,13 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, pin_threads, summary, table, write  # noqa: E402
-
-
-def _model(name: str):
-    import mstools
-    if name == "testbed":
-        return mstools.load_musicgen("testbed", device="cpu")
-    return mstools.build_musicgen(name, seed=0)
+from common import model as _model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

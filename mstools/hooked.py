@@ -366,7 +366,7 @@ class HookedMusicGen(HookedRootModule):
     @property
     def musicgen(self) -> Any:
         """The audiocraft ``MusicGen`` (audiocraft backend only)."""
-        if not hasattr(self.backend, "musicgen") or self.backend.name != "audiocraft":
+        if self.backend.name != "audiocraft":
             raise AttributeError(f"model.musicgen is audiocraft's MusicGen; this model runs on the "
                                  f"{self.backend.name} backend (see model.backend)")
         return self.backend.musicgen

@@ -1,8 +1,9 @@
 """The transformers backend against the audiocraft reference, and against transformers' own paths.
 
-The testbed's weights are mapped into transformers' ``MusicgenForCausalLM`` (``mstools.backends.convert``):
-the two implementations must then agree on logits, on every hook, on generated codes and on what a
-steering vector does.
+The testbed's weights are mapped into transformers' ``MusicgenForCausalLM``
+(``mstools.backends.convert``): the two implementations must then agree on logits, on every hook,
+on generated codes and on what a steering vector does. Hook mechanics and bit-identity with each
+library's own forward and generate run on both backends in ``tests/test_hooked.py``.
 """
 from __future__ import annotations
 
@@ -147,32 +148,6 @@ def test_generation_cache_equals_teacher_forcing_on_both_branches(pair):
     for n in names:
         torch.testing.assert_close(out.cache.cond[n], cond[n][:, :s], atol=ATOL, rtol=0)
         torch.testing.assert_close(out.cache.uncond[n], unc[n][:, :s], atol=ATOL, rtol=0)
-
-
-def test_hooked_generate_equals_transformers_own_generate(tiny_hf):
-    """No hooks, and an identity hook on every layer: the composite model's generate, bit for bit."""
-    hf, tok = tiny_hf.backend.composite, tiny_hf.backend.text.tokenizer
-    prompts = ["jazz", "loud rock with drums"]
-    inputs = tok(prompts, return_tensors="pt", padding=True)
-    frames = int(1.0 * tiny_hf.frame_rate)
-    torch.manual_seed(0)
-    ref = hf.generate(**inputs, do_sample=True, guidance_scale=3.0,
-                      top_k=tiny_hf.backend.defaults["top_k"], max_new_tokens=frames + 3)
-    out = tiny_hf.generate(prompts, 1.0, seed=0)
-    assert torch.equal(out.audio, ref)
-    with tiny_hf.hooks([("blocks.*.hook_resid_post", lambda x, hook: x)]):
-        again = tiny_hf.generate(prompts, 1.0, seed=0)
-    assert torch.equal(again.codes, out.codes)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_hf.lm.modules())
-
-
-def test_hooks_are_removed_after_an_exception(tiny_hf):
-    def boom(x, hook):
-        raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        tiny_hf.generate(["jazz"], 0.4, fwd_hooks=[("blocks.1.hook_mlp_out", boom)])
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_hf.lm.modules())
-    assert tiny_hf.clock._users == 0
 
 
 def test_describe_hooks_names_real_transformers_modules(tiny_hf):

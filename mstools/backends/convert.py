@@ -36,15 +36,37 @@ from torch import nn
 __all__ = ["audiocraft_to_transformers", "transformers_to_audiocraft", "decoder_config_from_audiocraft",
            "decoder_from_audiocraft"]
 
-_LAYER_RENAMES = [
-    ("self_attn.out_proj", "self_attn.out_proj"),
-    ("cross_attention.out_proj", "encoder_attn.out_proj"),
-    ("linear1", "fc1"), ("linear2", "fc2"),
-    ("norm1", "self_attn_layer_norm"), ("norm_cross", "encoder_attn_layer_norm"),
-    ("norm2", "final_layer_norm"),
-]
 _PROJ = "condition_provider.conditioners.description.output_proj"
-_HF_LAYERS = "model.decoder.layers"
+#: audiocraft prefix -> transformers prefix, outside the layers
+_TOP = [("emb.", "model.decoder.embed_tokens."), ("linears.", "lm_heads."),
+        ("out_norm.", "model.decoder.layer_norm."), (_PROJ + ".", "enc_to_dec_proj.")]
+_AC_LAYERS, _HF_LAYERS = "transformer.layers.", "model.decoder.layers."
+#: inside a layer
+_LAYER_RENAMES = [
+    ("self_attn.out_proj.", "self_attn.out_proj."),
+    ("cross_attention.out_proj.", "encoder_attn.out_proj."),
+    ("linear1.", "fc1."), ("linear2.", "fc2."),
+    ("norm1.", "self_attn_layer_norm."), ("norm_cross.", "encoder_attn_layer_norm."),
+    ("norm2.", "final_layer_norm."),
+]
+#: attention blocks whose audiocraft ``in_proj_weight`` packs q | k | v
+_ATTN = [("self_attn", "self_attn"), ("cross_attention", "encoder_attn")]
+
+
+def _rename(key: str, to_transformers: bool) -> str | None:
+    """The key's name in the other library (None: no counterpart), packed q|k|v aside."""
+    def pairs(table):
+        return table if to_transformers else [(b, a) for a, b in table]
+    for src, dst in pairs(_TOP):
+        if key.startswith(src):
+            return dst + key[len(src):]
+    ((src_layers, dst_layers),) = pairs([(_AC_LAYERS, _HF_LAYERS)])
+    if key.startswith(src_layers):
+        layer, rest = key[len(src_layers):].split(".", 1)
+        for src, dst in pairs(_LAYER_RENAMES):
+            if rest.startswith(src):
+                return f"{dst_layers}{layer}.{dst}{rest[len(src):]}"
+    return None
 
 
 def audiocraft_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -55,86 +77,44 @@ def audiocraft_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torc
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key.startswith("condition_provider."):
-            if key.startswith(_PROJ + "."):
-                out["enc_to_dec_proj." + key[len(_PROJ) + 1:]] = value
-            continue
-        m = re.fullmatch(r"emb\.(\d+)\.weight", key)
-        if m:
-            out[f"model.decoder.embed_tokens.{m[1]}.weight"] = value
-            continue
-        m = re.fullmatch(r"linears\.(\d+)\.weight", key)
-        if m:
-            out[f"lm_heads.{m[1]}.weight"] = value
-            continue
-        m = re.fullmatch(r"out_norm\.(weight|bias)", key)
-        if m:
-            out[f"model.decoder.layer_norm.{m[1]}"] = value
-            continue
-        m = re.fullmatch(r"transformer\.layers\.(\d+)\.(self_attn|cross_attention)\.in_proj_weight", key)
-        if m:
-            attn = "self_attn" if m[2] == "self_attn" else "encoder_attn"
+        m = re.fullmatch(r"transformer\.layers\.(\d+)\.(\w+)\.in_proj_weight", key)
+        hf_attn = dict(_ATTN).get(m[2]) if m else None
+        if hf_attn:
             for name, part in zip("qkv", value.chunk(3, dim=0)):
-                out[f"{_HF_LAYERS}.{m[1]}.{attn}.{name}_proj.weight"] = part.clone()
+                out[f"{_HF_LAYERS}{m[1]}.{hf_attn}.{name}_proj.weight"] = part.clone()
             continue
-        m = re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", key)
-        if m:
-            for old, new in _LAYER_RENAMES:
-                if m[2].startswith(old + "."):
-                    out[f"{_HF_LAYERS}.{m[1]}.{new}{m[2][len(old):]}"] = value
-                    break
-            else:
-                raise ValueError(f"no transformers counterpart for audiocraft weight {key!r}: this "
-                                 "LM layout (biases, layer scale, nn.MultiheadAttention) is not "
-                                 "MusicGen's")
-            continue
-        raise ValueError(f"no transformers counterpart for audiocraft weight {key!r}")
+        new = _rename(key, to_transformers=True)
+        if new is not None:
+            out[new] = value
+        elif not key.startswith("condition_provider."):
+            raise ValueError(f"no transformers counterpart for audiocraft weight {key!r}: this "
+                             "LM layout (biases, layer scale, nn.MultiheadAttention) is not "
+                             "MusicGen's")
     return out
 
 
 def transformers_to_audiocraft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`audiocraft_to_transformers` (decoder keys, and ``enc_to_dec_proj.*``).
 
-    Keys are re-ordered the audiocraft way is not needed: callers compare dicts, not order.
+    Takes a ``MusicgenForCausalLM`` or a composite model's state dict (``decoder.`` prefix).
     Buffers and weights without an audiocraft counterpart (positional tables) are skipped.
     """
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    prefix = ""
-    if any(k.startswith("decoder.") for k in state):  # a composite model's state dict
-        prefix = "decoder."
+    composite = any(k.startswith("decoder.") for k in state)
     for key, value in state.items():
-        if key.startswith("enc_to_dec_proj."):
-            out[_PROJ + key[len("enc_to_dec_proj"):]] = value
-            continue
-        if not key.startswith(prefix):
-            continue
-        k = key[len(prefix):]
-        m = re.fullmatch(r"model\.decoder\.embed_tokens\.(\d+)\.weight", k)
-        if m:
-            out[f"emb.{m[1]}.weight"] = value
-            continue
-        m = re.fullmatch(r"lm_heads\.(\d+)\.weight", k)
-        if m:
-            out[f"linears.{m[1]}.weight"] = value
-            continue
-        m = re.fullmatch(r"model\.decoder\.layer_norm\.(weight|bias)", k)
-        if m:
-            out[f"out_norm.{m[1]}"] = value
-            continue
-        m = re.fullmatch(r"model\.decoder\.layers\.(\d+)\.(self_attn|encoder_attn)\.([qkv])_proj\.weight", k)
+        if composite and key.startswith("decoder."):
+            key = key[len("decoder."):]
+        m = re.fullmatch(r"model\.decoder\.layers\.(\d+)\.(\w+)\.([qkv])_proj\.weight", key)
         if m:
             qkv.setdefault((m[1], m[2]), {})[m[3]] = value
             continue
-        m = re.fullmatch(r"model\.decoder\.layers\.(\d+)\.(.+)", k)
-        if m:
-            for old, new in _LAYER_RENAMES:
-                if m[2].startswith(new + "."):
-                    out[f"transformer.layers.{m[1]}.{old}{m[2][len(new):]}"] = value
-                    break
+        new = _rename(key, to_transformers=False)
+        if new is not None:
+            out[new] = value
+    ac_attn = {hf: ac for ac, hf in _ATTN}
     for (layer, attn), parts in qkv.items():
-        name = "self_attn" if attn == "self_attn" else "cross_attention"
-        out[f"transformer.layers.{layer}.{name}.in_proj_weight"] = torch.cat(
+        out[f"{_AC_LAYERS}{layer}.{ac_attn[attn]}.in_proj_weight"] = torch.cat(
             [parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 

@@ -202,7 +202,6 @@ class TransformersBackend(Backend):
     def __init__(self, decoder: nn.Module, text: TextEncoder, codec: Codec, *, max_duration: float,
                  defaults: dict[str, Any], composite: nn.Module | None = None):
         self.lm = decoder
-        self.decoder = decoder
         self.text = text
         self.codec = codec
         self.composite = composite
@@ -227,6 +226,11 @@ class TransformersBackend(Backend):
         self.defaults = dict(use_sampling=True, top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0,
                              two_step_cfg=False, duration=min(15.0, self.max_duration))
         self.defaults.update(defaults)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The ``MusicgenForCausalLM`` (the module tree the hook sites refer to, ``lm``)."""
+        return self.lm
 
     def read_steps(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, int]:
         ids = kwargs.get("input_ids", args[0] if args else None)
