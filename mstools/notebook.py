@@ -34,10 +34,13 @@ class Notebook:
 
     model: Any
     model_name: str
-    backend: str
     quick: bool
     device: str
     outputs: str
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend_name
 
     def size(self, full: int, quick: int) -> int:
         """``quick`` under test, ``full`` otherwise."""
@@ -92,5 +95,5 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
     if not quiet:
         print(f"{model}\nbackend: {BACKEND}, device: {device}, torch threads: "
               f"{torch.get_num_threads()}{', quick mode (under test)' if quick else ''}")
-    return Notebook(model=model, model_name=name, backend=BACKEND, quick=quick, device=device,
+    return Notebook(model=model, model_name=name, quick=quick, device=device,
                     outputs=outputs)
