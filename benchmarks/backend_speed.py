@@ -3,7 +3,7 @@
     python benchmarks/backend_speed.py [--scale small|testbed] [--seconds 2] [--repeats 3] [--threads 2]
 
 One set of weights: audiocraft's model (a random build at ``--scale``, or the testbed), and the same
-weights mapped into transformers' ``MusicgenForCausalLM`` (``mstools.backends.convert``), each
+weights mapped into transformers' ``MusicgenForCausalLM`` (``mstools.model.backends.convert``), each
 wrapped by ``HookedMusicGen``. Arms (interleaved, same seed):
   audiocraft_generate / transformers_generate      generate ``--seconds`` of audio, no hooks
   audiocraft_steered / transformers_steered        the same with a steering vector on one layer
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     pin_threads(args.threads)
-    from mstools.backends.transformers_backend import backend_from_audiocraft
-    from mstools.hooked import HookedMusicGen
+    from mstools.model.backends.transformers_backend import backend_from_audiocraft
+    from mstools.model.hooked import HookedMusicGen
     from mstools.steering import SteeringVector, apply
     ac = load_model(args.scale)
     hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)

@@ -4,7 +4,7 @@
 
 Arms (interleaved, same clips, same batches):
   forward   the model's teacher-forced forward on every batch, nothing kept
-  cache     ``mstools.caching.cache_activations``: the same forward with every ``resid_post`` hooked,
+  cache     ``mstools.data.caching.cache_activations``: the same forward with every ``resid_post`` hooked,
             mean-pooled and written to an activation store on disk (float16 shards)
 Throughput = clips per second; the ratio is cache / forward.
 """
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     pin_threads(args.threads)
     import mstools
-    from mstools.caching import cache_activations
-    from mstools.pooling import Pooling
-    from mstools.sources import testbed_clips
+    from mstools.data.caching import cache_activations
+    from mstools.data.pooling import Pooling
+    from mstools.data.sources import testbed_clips
     model = mstools.load_musicgen(args.model, device="cpu")
     source = testbed_clips(args.clips, seconds=args.seconds, seed=0)
     items = list(source)

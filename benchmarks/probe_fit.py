@@ -10,17 +10,17 @@ large-variance dimensions, rank-16 shared noise and (per-frame) clip offsets. Sp
 features z-scored with train statistics (outside the timings, the same for every arm).
 
 Arms (each fits all L layers; held-out accuracy is the mean over layers):
-- ``ridge (ours)``: :func:`mstools.probes.fit_ridge` (batched Gram + float64 Cholesky), one-hot targets;
+- ``ridge (ours)``: :func:`mstools.analysis.probes.fit_ridge` (batched Gram + float64 Cholesky), one-hot targets;
   alpha chosen from {1, 10, 100, 1000} on a validation split of the training clips (untimed).
-- ``logistic (ours)``: :func:`mstools.probes.fit_logistic` (batched L-BFGS), C=1, tol=1e-4, max_iter=100,
+- ``logistic (ours)``: :func:`mstools.analysis.probes.fit_logistic` (batched L-BFGS), C=1, tol=1e-4, max_iter=100,
   default preconditioner ("auto": per-feature scaling when N < 4 D, Gram whitening otherwise).
-- ``seed recipe batched (ours)``: :func:`mstools.probes.fit_seed_recipe` (all layers in one Adam run).
+- ``seed recipe batched (ours)``: :func:`mstools.analysis.probes.fit_seed_recipe` (all layers in one Adam run).
 - ``seed recipe as written``: per layer, ``nn.Linear(D, K, bias=False)`` on L2-normalised inputs, MSE
   onto ±1 targets, Adam lr 5e-3, batch 1024, 250 epochs (a DataLoader-free loop; no faster than theirs).
 - ``sklearn loop``: per layer ``LogisticRegression(C=1, tol=1e-4, max_iter=100)`` (lbfgs; it keeps the
   float32 input as float32, as ours does).
 - ``Gram floor``: only the centred Gram matrices of every layer, lower triangle (what the Cholesky reads;
-  :func:`mstools.probes.centered_gram` with ``lower_only=True``).
+  :func:`mstools.analysis.probes.centered_gram` with ``lower_only=True``).
 
 Threads: every arm runs with the same thread count (default 1): ``torch.set_num_threads`` for torch and
 ``threadpoolctl.threadpool_limits`` for NumPy/SciPy BLAS and OpenMP (scikit-learn). Arms are
@@ -54,7 +54,7 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS as RESULTS_DIR, machine  # noqa: E402
-from mstools.probes import centered_gram, fit_logistic, fit_ridge, fit_seed_recipe, group_split  # noqa: E402
+from mstools.analysis.probes import centered_gram, fit_logistic, fit_ridge, fit_seed_recipe, group_split  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------

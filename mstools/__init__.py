@@ -1,5 +1,12 @@
 """mstools: look inside MusicGen and steer it.
 
+Layers (each imports only the ones before it): :mod:`mstools.core` (hook names, time, file formats,
+errors) -> :mod:`mstools.testbed` (the embedded model) -> :mod:`mstools.model` (hook points,
+HookedMusicGen, backends, loading) -> :mod:`mstools.data` (sources, pooling, caching, store) ->
+:mod:`mstools.analysis` (probes, directions, projections, readouts, patching, sparse features) ->
+:mod:`mstools.steering` -> :mod:`mstools.evaluation` (the instrument that measures steering) ->
+:mod:`mstools.ui` (plots, widgets, reports, notebooks) -> :mod:`mstools.apps` (command line, demo).
+
 >>> import mstools
 >>> model = mstools.load_musicgen("testbed")          # offline, embedded
 >>> model.hook_names[:3]
@@ -13,9 +20,10 @@ import warnings as _warnings
 _logging.getLogger("xformers").setLevel(_logging.ERROR)
 _warnings.filterwarnings("ignore", message=".*xFormers.*")
 
-from .hooked import Cache, GenerationCache, GenerationOutput, HookedMusicGen  # noqa: E402
-from .models import MissingWeightsError, build_musicgen, load_musicgen  # noqa: E402
+from mstools.core.errors import MissingWeightsError  # noqa: E402
+from mstools.model.hooked import Cache, GenerationCache, GenerationOutput, HookedMusicGen  # noqa: E402
+from mstools.model.loading import build_musicgen, load_musicgen  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["HookedMusicGen", "Cache", "GenerationCache", "GenerationOutput", "build_musicgen",
            "load_musicgen", "MissingWeightsError"]

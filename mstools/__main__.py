@@ -1,7 +1,7 @@
-"""``python -m mstools <command>`` (and the ``mstools`` console script): see :mod:`mstools.cli`."""
+"""``python -m mstools <command>`` (and the ``mstools`` console script): see :mod:`mstools.apps.cli`."""
 import sys
 
-from mstools.cli import main
+from mstools.apps.cli import main
 
 __all__ = ["main"]
 

@@ -2,7 +2,7 @@
 
 Tests that hold on every backend take the module-scoped ``backend`` fixture (ids ``[audiocraft]`` /
 ``[transformers]``) and build their model with :func:`tiny_model` or :func:`load_testbed`. Their
-references come from each library's own code, never through :class:`mstools.hooked.HookedMusicGen`:
+references come from each library's own code, never through :class:`mstools.model.hooked.HookedMusicGen`:
 
 - :func:`plain_logits` — audiocraft ``lm(seq, conditions=...)``; transformers
   ``decoder(input_ids=seq.reshape(B*K, S), encoder_hidden_states=h, ...)``;

@@ -8,8 +8,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from mstools.audio import spectrogram, write_wav
-from mstools.report import Report
+from mstools.ui.audio import spectrogram, write_wav
+from mstools.ui.report import Report
 
 
 def _tone(freq=440.0, sr=16000, seconds=1.0):

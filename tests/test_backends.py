@@ -1,7 +1,7 @@
 """The transformers backend against the audiocraft reference, and against transformers' own paths.
 
 The testbed's weights are mapped into transformers' ``MusicgenForCausalLM``
-(``mstools.backends.convert``): the two implementations must then agree on logits, on every hook,
+(``mstools.model.backends.convert``): the two implementations must then agree on logits, on every hook,
 on generated codes and on what a steering vector does. Hook mechanics and bit-identity with each
 library's own forward and generate run on both backends in ``tests/test_hooked.py``.
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mstools
-from mstools.backends.base import delay_sequence
-from mstools.backends.convert import audiocraft_to_transformers, transformers_to_audiocraft
+from mstools.model.backends.base import delay_sequence
+from mstools.model.backends.convert import audiocraft_to_transformers, transformers_to_audiocraft
 from mstools.steering import SteeringVector, apply
 
 PROMPTS = ["fast rock with brass", None, "slow jazz with piano"]
@@ -185,8 +185,8 @@ def test_unknown_backend_and_missing_weights():
 def test_released_layout_maps_with_gelu(scale):
     """audiocraft's MusicGen layout (GELU MLP, LUT text condition) on transformers' decoder: the
     testbed uses ReLU, the released configs GELU, so both activations are covered."""
-    from mstools.backends.transformers_backend import backend_from_audiocraft
-    from mstools.hooked import HookedMusicGen
+    from mstools.model.backends.transformers_backend import backend_from_audiocraft
+    from mstools.model.hooked import HookedMusicGen
     ac = mstools.build_musicgen(scale, seed=0)
     hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)
     assert hf.backend.decoder.config.activation_function == "gelu"

@@ -19,11 +19,11 @@ import torch
 from conftest import load_testbed, prompt_token_count, tiny_model
 
 from mstools import build_musicgen
-from mstools.caching import batch_seed, cache_activations, plan_batches
-from mstools.pooling import Pooling
-from mstools.sources import (Item, audio_folder, generated_continuations, prompt_set,
+from mstools.data.caching import batch_seed, cache_activations, plan_batches
+from mstools.data.pooling import Pooling
+from mstools.data.sources import (Item, audio_folder, generated_continuations, prompt_set,
                              testbed_clips)
-from mstools.store import ActivationStore, StoreError
+from mstools.data.store import ActivationStore, StoreError
 from mstools.testbed import make_dataset
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.attn.hook_z"]

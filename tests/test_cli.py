@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from mstools import build_musicgen, load_musicgen
-from mstools.cli import main
-from mstools.store import ActivationStore
+from mstools.apps.cli import main
+from mstools.data.store import ActivationStore
 from mstools.testbed import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import json
 import pytest
 import soundfile as sf
 
-import mstools.demo as demo
-from mstools.cli import main
+import mstools.apps.demo as demo
+from mstools.apps.cli import main
 
 
 def test_demo_quick_writes_report_wavs_and_tables(tmp_path):

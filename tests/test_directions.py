@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from mstools.directions import (
+from mstools.analysis.directions import (
     Direction,
     cosine_matrix,
     diff_means,
@@ -21,7 +21,7 @@ from mstools.directions import (
     random_direction,
     save_directions,
 )
-from mstools.probes import fit_probes
+from mstools.analysis.probes import fit_probes
 
 torch.set_num_threads(1)
 

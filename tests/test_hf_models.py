@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from mstools.backends.hf_models import (HF_ARCHITECTURES, build_hf_musicgen, hf_musicgen_config,
+from mstools.model.backends.hf_models import (HF_ARCHITECTURES, build_hf_musicgen, hf_musicgen_config,
                                         load_hf_musicgen, offline_tokenizer, randomize_codebooks)
-from mstools.models import MissingWeightsError
+from mstools.model.loading import MissingWeightsError
 
 torch.set_num_threads(1)
 

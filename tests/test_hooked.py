@@ -14,7 +14,7 @@ import torch
 from conftest import (manual_resid_posts, out_proj, plain_generate, plain_logits, tiny_model,
                       transformer_layer)
 
-from mstools.hook_registry import UnknownHookError
+from mstools.core.names import UnknownHookError
 
 PROMPTS = ["jazz", "rock with brass"]
 

@@ -111,7 +111,7 @@ def test_time_generation_counts_steps(tiny):
 
 
 def _steering_table() -> pd.DataFrame:
-    """A small table shaped like mstools.evaluate.steering's, with counts chosen by hand."""
+    """A small table shaped like mstools.evaluation.steering's, with counts chosen by hand."""
     rows = []
     # unsteered: 4 clips x 2 segments; genre read: jazz, jazz, rock, none in segment 0; all rock in 1
     for clip, g0 in enumerate(["jazz", "jazz", "rock", "none"]):
@@ -141,7 +141,7 @@ def test_compare_judges_controls_against_each_trials_target():
     assert np.isnan(rock["random"]) and np.isnan(rock["prompted"])
     assert jazz["moved"] == pytest.approx(6 / 8 - 2 / 8)
     assert jazz["loglik"] == -2.0 and jazz["loglik_unsteered"] == pytest.approx(-2.5)
-    from mstools.evaluate import wilson
+    from mstools.evaluation import wilson
     assert (jazz["success_lo"], jazz["success_hi"]) == pytest.approx(wilson(6, 8))
 
 

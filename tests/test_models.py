@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mstools
-from mstools.models import ARCHITECTURES, export_checkpoint
+from mstools.model.loading import ARCHITECTURES, export_checkpoint
 
 
 def test_released_checkpoint_offline_fails_with_clear_message(monkeypatch):

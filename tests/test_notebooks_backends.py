@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 import mstools
-from mstools.notebook import Notebook, setup
+from mstools.ui.notebook import Notebook, setup
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 

@@ -55,7 +55,7 @@ def test_one_setup_call_in_the_second_code_cell(path):
     code = _code(_load(path))
     calls = [i for i, c in enumerate(code) for _ in re.finditer(r"\bsetup\(", c.source)]
     assert calls == [1], f"exactly one setup( call, in the second code cell; found in code cells {calls}"
-    assert "from mstools.notebook import setup" in code[1].source
+    assert "from mstools.ui.notebook import setup" in code[1].source
     assert re.search(r"\bnb\s*=\s*setup\(MODEL, BACKEND\)", code[1].source)
 
 

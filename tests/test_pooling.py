@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mstools.pooling import POOLING_MODES, Pooling, pool
+from mstools.data.pooling import POOLING_MODES, Pooling, pool
 
 K, RATE = 4, 10.0
 

@@ -9,7 +9,7 @@ from scipy.stats import t as student_t
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import f1_score, r2_score
 
-from mstools.probes import (
+from mstools.analysis.probes import (
     accuracy,
     centered_gram,
     f1_macro,

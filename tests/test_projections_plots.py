@@ -8,9 +8,9 @@ from scipy.stats import t as student_t
 from sklearn.decomposition import PCA
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from mstools.directions import Direction, cosine_matrix, diff_means_all, random_direction
-from mstools.plots import confusion_matrix, layer_curve, projection_scatter, similarity_heatmap
-from mstools.projections import direction_arrows, pca, umap_embed
+from mstools.analysis.directions import Direction, cosine_matrix, diff_means_all, random_direction
+from mstools.ui.plots import confusion_matrix, layer_curve, projection_scatter, similarity_heatmap
+from mstools.analysis.projections import direction_arrows, pca, umap_embed
 
 torch.set_num_threads(1)
 
@@ -146,7 +146,7 @@ def test_direction_objects_keep_names_in_arrows():
 
 def test_steering_curve_traces_follow_the_table():
     import pandas as pd
-    from mstools.plots import steering_curve
+    from mstools.ui.plots import steering_curve
     df = pd.DataFrame({"method": ["a", "a", "a", "a"], "strength": [0.5, 1.0, 0.5, 1.0],
                        "control": ["none", "none", "random", "random"],
                        "success": [0.2, 0.8, 0.1, 0.0], "loglik": [-1.0, -2.0, -1.1, -1.5]})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mstools
-from mstools.readout import per_second, second_index
+from mstools.analysis.readout import per_second, second_index
 
 H = "blocks.2.hook_resid_post"
 PROMPTS = ["fast rock with brass", "slow jazz with piano"]
@@ -115,7 +115,7 @@ class _Proba:
 
 
 def test_clips_read_alone_equal_clips_read_in_a_batch(model, clips):
-    class Dir:  # anything with a .vector [D], like mstools.directions.Direction
+    class Dir:  # anything with a .vector [D], like mstools.analysis.directions.Direction
         vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
 
     both = per_second(model, clips, PROMPTS, H, Dir())

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from mstools import store as store_module
-from mstools.pooling import Pooling
-from mstools.store import ActivationStore, StoreError, StoreIntegrityError
+from mstools.data.pooling import Pooling
+from mstools.data.store import ActivationStore, StoreError, StoreIntegrityError
 
 RESID, HOOK_Z = "blocks.1.hook_resid_post", "blocks.1.attn.hook_z"
 SHAPES = {RESID: [8], HOOK_Z: [2, 4]}
@@ -107,7 +107,7 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     for s in manifest["shards"]:
         data = (tmp_path / "s" / s["file"]).read_bytes()
         assert s["sha256"] == hashlib.sha256(data).hexdigest() and s["bytes"] == len(data)
-    assert manifest["alignment"]["convention"] == "mstools.timeline"
+    assert manifest["alignment"]["convention"] == "mstools.core.timeline"
     suffixes = {p.suffix for p in (tmp_path / "s").iterdir()}
     assert suffixes <= {".json", ".safetensors", ".lock"}
     assert again.verify() == {"shards": 4, "rows": 10, "removed": []}

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mstools
-from mstools.audio import wav_bytes
+from mstools.ui.audio import wav_bytes
 from mstools.steering import Steerer, SteeringVector
-from mstools.widgets import SteeringPanel
+from mstools.ui.widgets import SteeringPanel
 
 H1, H2 = "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"
 PROMPT = "fast rock with brass"

@@ -4,12 +4,12 @@
 >>> with apply(vector, model, strength=2.0, schedule=schedules.window(3.0, None)):
 ...     out = model.generate(["rock"], duration=6, seed=0)
 """
-from . import operators, schedules
-from .apply import Steerer, Steering, SweepOutput, apply, mean_norms, steering_hooks, sweep
-from .operators import (ablate_operator, add_operator, get_operator, seed_mix_operator,
+from mstools.steering import operators, schedules
+from mstools.steering.apply import Steerer, Steering, SweepOutput, apply, mean_norms, steering_hooks, sweep
+from mstools.steering.operators import (ablate_operator, add_operator, get_operator, seed_mix_operator,
                         set_projection_operator)
-from .schedules import as_schedule, constant, crossfade, decay, from_callable, periodic, window
-from .vector import SteeringVector, check_strength
+from mstools.steering.schedules import as_schedule, constant, crossfade, decay, from_callable, periodic, window
+from mstools.steering.vector import SteeringVector, check_strength
 
 __all__ = ["SteeringVector", "check_strength", "Steering", "apply", "sweep", "Steerer", "SweepOutput",
            "mean_norms", "steering_hooks", "operators", "schedules", "add_operator",

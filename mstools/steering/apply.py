@@ -24,13 +24,16 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import pandas as pd
 import torch
 
-from .operators import Operator, get_operator
-from .schedules import Schedule, as_schedule
-from .vector import SteeringVector, check_strength
+from mstools.core.names import kind_of
+from mstools.steering.operators import Operator, get_operator
+from mstools.steering.schedules import Schedule, as_schedule
+from mstools.steering.vector import SteeringVector, check_strength
 
-__all__ = ["Steering", "steering_hooks", "apply", "Steerer", "sweep", "mean_norms", "SweepOutput"]
+__all__ = ["Steering", "steering_hooks", "apply", "Steerer", "sweep", "mean_norms", "SweepOutput",
+           "Setting", "describe"]
 
 BRANCHES = ("cond", "uncond", "both")
 
@@ -78,21 +81,24 @@ class Steering:
 
 def mean_norms(model: Any, hooks: Sequence[str], codes: torch.Tensor | None = None,
                prompts: Sequence[str | None] | None = None) -> dict[str, float]:
-    """Mean L2 norm per position of each hook's activation over reference clips (cached on the model).
+    """Mean L2 norm per position of each hook's activation over reference clips.
 
-    Reference clips: ``codes`` if given; else ``model.reference_codes()`` when the model provides
-    it (the testbed: procedural clips with their prompts); else two clips generated with seed 0 from
-    generic prompts. Conditional prompts matter: with the null condition, cross-attention outputs
-    are ~0 (no attention bias), so their norm would be meaningless.
-    For ``attn.hook_z`` the norm is over all heads (``H * Dh``).
+    Reference clips: ``codes`` if given; else ``model.reference_clips()`` when the model declares
+    them (the testbed: procedural clips with their prompts); else two clips generated with seed 0
+    from generic prompts. Conditional prompts matter: with the null condition, cross-attention
+    outputs are ~0 (no attention bias), so their norm would be meaningless. For ``attn.hook_z`` the
+    norm is over all heads (``H * Dh``). Values measured on the model's own reference clips are kept
+    in ``model.mean_norm_cache`` (``model.clear_caches()`` forgets them).
+
+    >>> norms = mean_norms(model, ["blocks.0.hook_resid_post"])          # {hook: float}
     """
-    store: dict[str, float] = model.__dict__.setdefault("_mean_norms", {})
-    missing = [h for h in model.check_names(list(hooks)) if h not in store or codes is not None]
+    names = model.check_names(list(hooks))
+    store: dict[str, float] = model.mean_norm_cache if codes is None else {}
+    missing = [h for h in names if h not in store]
     if missing:
         if codes is None:
-            ref = getattr(model, "reference_codes", None)
-            if callable(ref):
-                codes, prompts = ref()
+            if model.reference_clips is not None:
+                codes, prompts = model.reference_clips()
             else:
                 dur = min(2.0, float(model.max_duration))
                 prompts = ["music", "a song"]
@@ -102,9 +108,9 @@ def mean_norms(model: Any, hooks: Sequence[str], codes: torch.Tensor | None = No
         _, cache = model.run_with_cache(codes, prompts, names_filter=missing)
         for h in missing:
             x = cache[h].float()
-            x = x.flatten(2) if h.endswith("hook_z") else x
+            x = x.flatten(2) if kind_of(h) == "attn.hook_z" else x
             store[h] = float(torch.linalg.vector_norm(x, dim=-1).mean())
-    return {h: store[h] for h in model.check_names(list(hooks))}
+    return {h: store[h] for h in names}
 
 
 @dataclasses.dataclass
@@ -165,7 +171,7 @@ def _resolve(setting: Steering, model: Any, rows: Sequence[int] | None) -> dict[
     for h in names:
         v = vec[h].to(model.device, torch.float32)
         if setting.heads is not None:
-            if not h.endswith("attn.hook_z"):
+            if kind_of(h) != "attn.hook_z":
                 raise ValueError(f"heads= applies to attn.hook_z directions, not {h!r}")
             mask = torch.zeros(v.shape[0], 1, device=v.device)
             for i in setting.heads:
@@ -274,28 +280,77 @@ class SweepOutput:
     """A batched sweep: the generation and one row of settings per generated clip."""
 
     output: Any
-    rows: Any  # pandas DataFrame: clip, prompt, setting index and its fields
+    rows: pd.DataFrame  # clip, prompt, setting index, noise id and the setting's fields
+
+#: One sweep setting: a Steering, several Steerings applied together, or None (unsteered).
+Setting = Steering | Sequence[Steering] | None
 
 
-def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Steering | None],
-          duration: float, **generate_kw: Any) -> SweepOutput:
+def _as_list(setting: Setting) -> list[Steering]:
+    if setting is None:
+        return []
+    if isinstance(setting, Steering):
+        return [setting]
+    out = list(setting)
+    bad = [type(s).__name__ for s in out if not isinstance(s, Steering)]
+    if bad:
+        raise TypeError(f"a sweep setting is a Steering, a list of Steerings or None; got {bad}")
+    return out
+
+
+def describe(setting: Setting) -> dict[str, Any]:
+    """A flat row describing a setting (several Steerings: their fields joined with ``" & "``)."""
+    parts = [s.describe() for s in _as_list(setting)]
+    if not parts:
+        return dict(source="none", strength=0.0)
+    if len(parts) == 1:
+        return parts[0]
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    return {k: " & ".join(str(p.get(k)) for p in parts) if k != "strength"
+            else float(sum(p["strength"] for p in parts)) for k in keys}
+
+
+def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Setting],
+          duration: float, *, paired: bool = True, audio_prompt: torch.Tensor | None = None,
+          **generate_kw: Any) -> SweepOutput:
     """Generate every prompt under every setting in **one** batched generate.
 
-    Clip ``i * len(prompts) + j`` is prompt ``j`` under setting ``i`` (None = unsteered). Rows of a
-    sweep share one random stream, so they match separate calls in distribution, not bit for bit.
+    Clip ``i * len(prompts) + j`` is prompt ``j`` under setting ``i`` (None = unsteered; a list of
+    Steerings = applied together, each with its own hooks, schedule and branch). With ``paired``
+    (default), clip ``j`` of every setting draws the same random numbers (paired sampling, noise id
+    ``j``; see :mod:`mstools.model.sampling`): a difference between settings is due to the settings,
+    not to sampling luck, and each clip equals what a separate call with the same seed would give.
+
+    Args:
+        audio_prompt: ``[len(prompts), C, N]`` waveforms to continue (repeated for every setting).
+        **generate_kw: passed to ``model.generate`` (``seed``, ``decode``, ``cfg_coef`` ...).
+
+    >>> out = sweep(model, ["rock", None], [None, Steering(jazz, 0.5)], duration=4, seed=0)
+    >>> out.rows[["clip", "prompt", "setting"]].values.tolist()     # doctest: +SKIP
+    [[0, 'rock', 0], [1, None, 0], [2, 'rock', 1], [3, None, 1]]
     """
-    import pandas as pd
     prompts = list(prompts)
-    batch_prompts, pairs, table = [], [], []
+    if not prompts:
+        raise ValueError("give at least one prompt (None for an unconditional clip)")
+    if not settings:
+        raise ValueError("give at least one setting (None for the unsteered generation)")
+    batch_prompts, pairs, table, ids = [], [], [], []
     for i, setting in enumerate(settings):
         rows = list(range(i * len(prompts), (i + 1) * len(prompts)))
         batch_prompts += prompts
-        if setting is not None:
-            pairs.append((setting, rows))
-        desc = setting.describe() if setting is not None else dict(source="none", strength=0.0)
+        ids += list(range(len(prompts)))
+        for s in _as_list(setting):
+            pairs.append((s, rows))
+        desc = describe(setting)
         for j, p in enumerate(prompts):
-            table.append(dict(clip=rows[j], prompt=p, setting=i, **desc))
+            table.append(dict(clip=rows[j], prompt=p, setting=i, noise_id=j, **desc))
     hooks = steering_hooks(model, pairs)
     extra = list(generate_kw.pop("fwd_hooks", []))
+    if audio_prompt is not None:
+        if audio_prompt.shape[0] != len(prompts):
+            raise ValueError(f"audio_prompt has {audio_prompt.shape[0]} clips for {len(prompts)} prompts")
+        generate_kw["audio_prompt"] = audio_prompt.repeat(len(settings), *([1] * (audio_prompt.dim() - 1)))
+    if paired:
+        generate_kw["noise_ids"] = ids
     out = model.generate(batch_prompts, duration, fwd_hooks=hooks + extra, **generate_kw)
     return SweepOutput(out, pd.DataFrame(table))

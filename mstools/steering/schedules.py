@@ -3,7 +3,7 @@
 A schedule is called as ``w = schedule(seconds, steps)``:
 
 - ``seconds``: float tensor ``[S]``, the time of each position, ``step / frame_rate``
-  (see :mod:`mstools.timeline`; it comes from the step counter, never a tensor index);
+  (see :mod:`mstools.core.timeline`; it comes from the step counter, never a tensor index);
 - ``steps``: long tensor ``[S]``, the absolute input step of each position (S = 1 at every
   generation step);
 - ``w``: float32 tensor ``[S]`` on ``seconds``' device, the weight that multiplies the strength.

@@ -36,18 +36,20 @@ import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["SteeringVector", "check_strength", "FORMAT_NAME", "FORMAT_VERSION"]
+from mstools.analysis.directions import Direction
+from mstools.core.errors import ArtifactError
+from mstools.core.fileio import load_artifact, save_artifact
 
-#: Metadata key / value that marks a safetensors file as a mstools steering vector.
-FORMAT_KEY = "mstools.format"
-FORMAT_NAME = "steering_vector"
-FORMAT_VERSION = 1
-_HEADER_KEY = "mstools.steering_vector"
+__all__ = ["SteeringVector", "check_strength", "KIND", "FORMAT_VERSION"]
+
+#: Artifact kind and format version of steering-vector files (see :mod:`mstools.core.fileio`).
+KIND = "steering_vector"
+FORMAT_VERSION = 2
 _UNITS = ("unit", "raw")
 
 
@@ -318,35 +320,54 @@ class SteeringVector:
 
     check_strength = staticmethod(check_strength)
 
-    def apply(self, model: Any, strength: float = 1.0, **kw: Any) -> Any:
-        """Shortcut for :func:`mstools.steering.apply.apply` (a context manager) with this vector.
+    @classmethod
+    def from_directions(cls, directions: "Direction | Sequence[Direction]", fingerprint: str,
+                        source: str | None = None, shape: Mapping[str, tuple] | None = None,
+                        meta: Mapping[str, Any] | None = None) -> "SteeringVector":
+        """A unit-norm vector from :class:`~mstools.analysis.directions.Direction` s (one per hook).
 
-        >>> with vector.apply(model, strength=2.0, schedule=(3.0, None)):  # doctest: +SKIP
-        ...     out = model.generate(["jazz"], duration=6, seed=0)
+        Args:
+            directions: one Direction, or several at different hooks.
+            fingerprint: the model's fingerprint (``model.fingerprint``).
+            source: a name (default: the directions' names joined).
+            shape: per-hook direction shape when it is not ``[D]`` (e.g. ``{hook: (H, Dh)}`` for
+                ``attn.hook_z``; ``model.hook_shape(hook)`` gives it).
+
+        >>> from mstools.analysis.directions import Direction
+        >>> d = Direction(torch.tensor([3.0, 4.0]), "blocks.0.hook_resid_post", "jazz", "diff_means", 5.0)
+        >>> SteeringVector.from_directions(d, "m").directions["blocks.0.hook_resid_post"].tolist()
+        [0.6000000238418579, 0.800000011920929]
         """
-        from .apply import apply  # imported here: apply.py depends on this module
-
-        return apply(self, model, strength, **kw)
+        ds = [directions] if isinstance(directions, Direction) else list(directions)
+        if not ds:
+            raise ValueError("no directions given")
+        hooks = [d.hook for d in ds]
+        if len(set(hooks)) != len(hooks):
+            raise ValueError(f"one direction per hook, got hooks {hooks}")
+        out = {}
+        for d in ds:
+            v = d.vector.float() / d.vector.float().norm()
+            out[d.hook] = v.reshape(tuple((shape or {}).get(d.hook, v.shape)))
+        return cls(out, fingerprint, source or " + ".join(d.name for d in ds), "unit",
+                   dict(meta or {"directions": [d.name for d in ds]}))
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the vector to a ``.safetensors`` file atomically (temp file, then ``os.replace``).
+        """Write the vector to a ``.safetensors`` file atomically, with mstools' artifact header.
 
-        Tensors are stored under their hook names; ``fingerprint``, ``source``, ``units`` and
-        ``meta`` as JSON in the file's metadata. Returns the path written.
+        Tensors are stored under their hook names; ``fingerprint``, ``source``, ``units``, ``meta`` and
+        a sha256 of the tensors go in the header. Returns the path written.
 
         Raises:
             TypeError: ``meta`` is not JSON-serialisable.
         """
-        path = Path(path)
+        fields = {"fingerprint": self.fingerprint, "source": self.source, "units": self.units,
+                  "meta": self.meta}
         try:
-            header = json.dumps({"fingerprint": self.fingerprint, "source": self.source,
-                                 "units": self.units, "meta": self.meta, "version": FORMAT_VERSION})
+            json.dumps(fields, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise TypeError(f"cannot save: meta must be JSON-serialisable ({e})") from None
-        from ..fileio import save_safetensors
-        save_safetensors(self.directions, path, metadata={FORMAT_KEY: FORMAT_NAME, _HEADER_KEY: header})
-        return path
+        return save_artifact(path, self.directions, KIND, FORMAT_VERSION, fields)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "SteeringVector":
@@ -354,35 +375,16 @@ class SteeringVector:
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: the file is corrupt, not safetensors, or not a mstools steering vector.
+            ArtifactError: the file is corrupt (flipped bytes included), truncated, not safetensors,
+                not a mstools steering vector, or of another format version.
         """
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no steering vector file at {str(path)!r}")
+        tensors, head = load_artifact(path, KIND, FORMAT_VERSION,
+                                      hint="Write vectors with SteeringVector.save.")
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                metadata = f.metadata() or {}
-                if metadata.get(FORMAT_KEY) != FORMAT_NAME or _HEADER_KEY not in metadata:
-                    raise ValueError(
-                        f"{str(path)!r} is a safetensors file but not a mstools steering vector "
-                        f"(its metadata lacks {FORMAT_KEY}={FORMAT_NAME!r}); "
-                        f"write vectors with SteeringVector.save")
-                directions = {k: f.get_tensor(k) for k in f.keys()}
-        except SafetensorError as e:
-            raise ValueError(f"cannot read {str(path)!r} as a steering vector: the file is corrupt "
-                             f"or not a safetensors file ({e})") from None
-        try:
-            header = json.loads(metadata[_HEADER_KEY])
-            version = int(header.get("version", -1))
-            fields = (header["fingerprint"], header["source"], header["units"], header["meta"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{str(path)!r}: corrupt steering-vector metadata ({e!r})") from None
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{str(path)!r} uses steering-vector format version {version}; this "
-                             f"mstools reads version {FORMAT_VERSION}")
-        return cls(directions, *fields)
+            fields = (head["fingerprint"], head["source"], head["units"], head["meta"])
+        except KeyError as e:
+            raise ArtifactError(f"{path}: steering-vector header lacks {e}; re-create the file") from None
+        return cls({k: v.to(device) for k, v in tensors.items()}, *fields)
 
 
 def _is_scalar(k: object) -> bool:

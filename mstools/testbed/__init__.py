@@ -15,12 +15,13 @@ Example:
 >>> score(codes).loc[0, ["genre", "tempo", "instrument"]].tolist()     # doctest: +SKIP
 ['rock', 'fast', 'brass']
 """
-from .codec import SynthCodec
-from .model import build_testbed_musicgen, load_testbed_musicgen
-from .music import DYNAMICS, FACTORS, GENRES, INSTRUMENTS, TEMPOS, make_dataset, sample_clip
-from .score import score
+from mstools.testbed.codec import SynthCodec
+from mstools.testbed.model import build_testbed_musicgen, load_testbed_musicgen
+from mstools.testbed.music import (DYNAMICS, FACTORS, GENRES, INSTRUMENTS, TEMPOS, make_dataset,
+                                   reference_clips, sample_clip)
+from mstools.testbed.score import score
 
 __all__ = [
     "GENRES", "TEMPOS", "INSTRUMENTS", "DYNAMICS", "FACTORS", "score", "SynthCodec", "sample_clip",
-    "make_dataset", "build_testbed_musicgen", "load_testbed_musicgen",
+    "make_dataset", "reference_clips", "build_testbed_musicgen", "load_testbed_musicgen",
 ]

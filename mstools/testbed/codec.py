@@ -37,7 +37,7 @@ import torch
 from audiocraft.models.encodec import CompressionModel
 from audiocraft.quantization.base import QuantizedResult
 
-from .music import CARD, FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
+from mstools.testbed.music import CARD, FRAME_RATE, NUM_CODEBOOKS, SAMPLE_RATE
 
 __all__ = ["SynthCodec", "GAIN_DB"]
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from audiocraft.modules.conditioners import ConditionType, TextConditioner
 
-from .music import VOCABULARY
+from mstools.testbed.music import VOCABULARY
 
 __all__ = ["WordConditioner", "PAD_ID", "DEFAULT_SLOTS"]
 

@@ -30,10 +30,10 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from ..fileio import atomic_write, atomic_write_bytes
-from .model import MANIFEST_FILE, WEIGHTS_DIR, build_testbed_musicgen, load_testbed_musicgen, read_manifest
-from .music import DYNAMICS, FACTORS, FRAME_RATE, GENRES, INSTRUMENTS, TEMPOS, make_dataset, stack_codes
-from .score import score
+from mstools.core.fileio import atomic_write, atomic_write_bytes
+from mstools.testbed.model import MANIFEST_FILE, WEIGHTS_DIR, build_testbed_musicgen, load_testbed_musicgen, read_manifest
+from mstools.testbed.music import DYNAMICS, FACTORS, FRAME_RATE, GENRES, INSTRUMENTS, TEMPOS, make_dataset, stack_codes
+from mstools.testbed.score import score
 
 __all__ = ["full_prompts", "adherence", "evaluate", "write_examples", "main"]
 

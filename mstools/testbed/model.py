@@ -33,11 +33,11 @@ from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.conditioners import ConditionFuser, ConditioningProvider
 from safetensors.torch import load_file
 
-from ..fileio import atomic_write_bytes, save_safetensors, sha256_file
+from mstools.core.fileio import atomic_write_bytes, save_safetensors, sha256_file
 
-from .codec import SynthCodec
-from .conditioner import WordConditioner
-from .music import CARD, DATA_VERSION, NUM_CODEBOOKS
+from mstools.testbed.codec import SynthCodec
+from mstools.testbed.conditioner import WordConditioner
+from mstools.testbed.music import CARD, DATA_VERSION, NUM_CODEBOOKS
 
 __all__ = [
     "TESTBED_CONFIG", "WEIGHTS_DIR", "TestbedMusicGen", "build_testbed_musicgen", "load_testbed_musicgen",

@@ -60,7 +60,7 @@ __all__ = [
     "GENRES", "TEMPOS", "INSTRUMENTS", "DYNAMICS", "FACTORS", "CARD", "NUM_CODEBOOKS",
     "FRAME_RATE", "SAMPLE_RATE", "DATA_VERSION", "NOTE_FRAMES", "NOTES_PER_PHRASE", "SCALES",
     "GENRE_SPEC", "GenreSpec", "VOCABULARY", "Clip", "sample_clip", "make_dataset", "compose_prompt",
-    "stack_codes", "render_codes",
+    "stack_codes", "render_codes", "reference_clips",
 ]
 
 DATA_VERSION = "1"
@@ -265,3 +265,19 @@ def stack_codes(clips: tp.Sequence[Clip]) -> torch.Tensor:
     if len(lengths) != 1:
         raise ValueError(f"clips have different lengths {sorted(lengths)}; crop them first")
     return torch.stack([c.codes for c in clips])
+
+
+def reference_clips(n: int = 32, seconds: float = 6.0) -> tuple[torch.Tensor, list[str]]:
+    """Procedural clips with their prompts that stand for the testbed's usual input (fixed seed).
+
+    Activation norms (the unit of steering strength) are measured on them.
+
+    Returns:
+        ``(codes [n, K, T], prompts)`` with ``T = seconds * FRAME_RATE``.
+
+    >>> codes, prompts = reference_clips(2, 1.0)
+    >>> tuple(codes.shape), len(prompts)
+    ((2, 4, 10), 2)
+    """
+    clips = make_dataset(n, frames=int(round(seconds * FRAME_RATE)), seed=12345)
+    return stack_codes(clips), [c.prompt for c in clips]

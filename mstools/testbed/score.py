@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .music import (
+from mstools.testbed.music import (
     CARD, CB_DRUMS, CB_LOUDNESS, CB_PITCH, CB_TIMBRE, DRUM_NONE, DYNAMICS, FACTORS, FRAME_RATE, GENRE_SPEC,
     GENRES, INSTRUMENTS, LOUDNESS_HELD_DROP, LOUDNESS_ONSET, NOTE_FRAMES, NOTES_PER_PHRASE, NUM_CODEBOOKS,
     NUM_START_DEGREES, RUN_SPAN, SCALES, TEMPOS,

@@ -32,9 +32,9 @@ from audiocraft.modules.conditioners import ConditioningAttributes
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from ..fileio import atomic_write, atomic_write_bytes, save_safetensors
-from .model import WEIGHTS_DIR, build_testbed_musicgen, save_testbed_weights
-from .music import DATA_VERSION, FRAME_RATE, make_dataset, sample_clip, stack_codes
+from mstools.core.fileio import atomic_write, atomic_write_bytes, save_safetensors
+from mstools.testbed.model import WEIGHTS_DIR, build_testbed_musicgen, save_testbed_weights
+from mstools.testbed.music import DATA_VERSION, FRAME_RATE, make_dataset, sample_clip, stack_codes
 
 __all__ = ["train", "teacher_forced_loss", "main"]
 

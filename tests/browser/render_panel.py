@@ -37,7 +37,7 @@ torch.set_num_threads(1)
 import mstools
 from mstools.steering import SteeringVector
 from mstools.testbed import make_dataset
-from mstools.widgets import SteeringPanel
+from mstools.ui.widgets import SteeringPanel
 
 model = mstools.load_musicgen("testbed")
 HOOK = "blocks.2.hook_resid_post"

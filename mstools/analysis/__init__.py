@@ -1,0 +1,1 @@
+"""Analysis: probes, directions, projections and readouts."""

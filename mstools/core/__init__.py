@@ -1,0 +1,1 @@
+"""Core: hook names, time, file formats and errors. Imports nothing else of mstools."""

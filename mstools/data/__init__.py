@@ -1,0 +1,1 @@
+"""Data: sources, pooling, caching and the activation store."""

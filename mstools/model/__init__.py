@@ -1,0 +1,1 @@
+"""Model: hook points, HookedMusicGen, backends and loading."""

@@ -1,0 +1,1 @@
+"""UI: plots, widgets, reports, audio and notebook set-up."""
