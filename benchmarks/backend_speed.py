@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     ac = load_model(args.scale)
     hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)
     assert hf.fingerprint == ac.fingerprint
-    if hasattr(ac, "reference_codes"):  # the testbed's clips for activation norms
-        hf.reference_codes = ac.reference_codes
+    if hasattr(ac, "reference_clips"):  # the testbed's clips for activation norms
+        hf.reference_clips = ac.reference_clips
     prompts = ["jazz"] if args.scale != "testbed" else ["fast rock with brass"]
     top_k = min(250, ac.card)
     layer = ac.num_layers // 2

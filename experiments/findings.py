@@ -179,8 +179,11 @@ def exp_window(model: Any, d: Directions, cfg: Config, method: str, layer: int, 
     hook = f"blocks.{layer}.hook_resid_post"
     trials = [_trial(f"from {t0:g} s a={a} -> {t}", d.vector(hook, "genre", t, method), a, {"genre": t},
                      schedule=window(t0, None)) for t in cfg.targets for a in (0.5, 1.0)]
+    # steering from step t0 * frame_rate reaches codebook k of frame t0 * frame_rate - k (delay
+    # pattern): the untouched part ends (K - 1) frames before t0
+    before = t0 - (model.num_codebooks - 1) / model.frame_rate
     return run(model, trials, [None] * cfg.prompts, cfg, "window",
-               lambda tr: dict(method=method, layer=layer), segments=[(0.0, t0), (t0, DURATION)])
+               lambda tr: dict(method=method, layer=layer), segments=[(0.0, before), (t0, DURATION)])
 
 
 def exp_fusion(model: Any, d: Directions, cfg: Config, method: str, layer: int) -> pd.DataFrame:

@@ -26,7 +26,7 @@ def pair():
 
 @pytest.fixture(scope="module")
 def codes(pair):
-    return pair[0].reference_codes(3, 3.0)[0]
+    return pair[0].reference_clips(3, 3.0)[0]
 
 
 @pytest.fixture(scope="module")

@@ -333,7 +333,7 @@ def test_load_refuses_corrupt_and_foreign_files(gen, tmp_path):
     from safetensors.torch import save_file
     foreign = tmp_path / "foreign.safetensors"
     save_file({"weight": torch.ones(3)}, str(foreign))
-    with pytest.raises(ValueError, match="not a mstools steering vector"):
+    with pytest.raises(ValueError, match="not an mstools steering vector file"):
         SteeringVector.load(foreign)
     with pytest.raises(FileNotFoundError):
         SteeringVector.load(tmp_path / "missing.safetensors")

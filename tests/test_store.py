@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mstools import store as store_module
+from mstools.data.store import writer as store_module
 from mstools.data.pooling import Pooling
 from mstools.data.store import ActivationStore, StoreError, StoreIntegrityError
 
@@ -343,7 +343,7 @@ def test_writer_and_create_errors(tmp_path):
     store = make_store(tmp_path / "s")
     with pytest.raises(StoreError, match="already exists"):
         make_store(tmp_path / "s")
-    with pytest.raises(StoreError, match="different fingerprint"):
+    with pytest.raises(StoreError, match="model: the store has"):
         ActivationStore.create(tmp_path / "s", fingerprint="other", hooks=SHAPES, pooling="mean",
                                num_codebooks=4, frame_rate=10.0, meta={"text": "unit test"},
                                exist_ok=True)

@@ -123,7 +123,7 @@ def umap_embed(
     Extra keyword arguments go to ``umap.UMAP``.
     """
     try:
-        import umap
+        import umap  # lazy: umap-learn compiles with numba on first import
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("umap_embed needs umap-learn: pip install umap-learn") from e
     X64 = _as_matrix(X).double()

@@ -128,11 +128,14 @@ def check_header(data: Any, kind: str, version: int, path: str | os.PathLike, hi
     """Check a header read from ``path``; raise :class:`ArtifactError` naming the file and ``hint``
     (what to do) when it is not a ``kind`` artifact of ``version``."""
     want = f"mstools.{kind}"
-    if not isinstance(data, dict) or data.get("format") != want:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ArtifactError(f"{path} is not an {want} file (format {got!r}). {hint}")
+    what = kind.replace("_", " ")
+    if not isinstance(data, dict) or "format" not in data:
+        raise ArtifactError(f"{path} is not an mstools {what} file (it has no mstools header). {hint}")
+    if data.get("format") != want:
+        raise ArtifactError(f"{path} is not an mstools {what} file (its header says "
+                            f"{data.get('format')!r}). {hint}")
     if data.get("version") != version:
-        raise ArtifactError(f"{path} has {want} format version {data.get('version')!r}; this "
+        raise ArtifactError(f"{path} has mstools {what} format version {data.get('version')!r}; this "
                             f"mstools reads version {version}. {hint}")
     return data
 

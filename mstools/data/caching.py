@@ -181,7 +181,7 @@ def plan_batches(model: HookedMusicGen, source: Iterable[Item], batch_size: int 
 # ----------------------------------------------------------------------------- computing
 
 def _mono_or_stereo(wav: torch.Tensor, channels: int) -> torch.Tensor:
-    from audiocraft.data.audio_utils import convert_audio_channels
+    from audiocraft.data.audio_utils import convert_audio_channels  # lazy: audiocraft is heavy; only this path needs it
     return convert_audio_channels(wav, channels)
 
 
@@ -285,7 +285,7 @@ def _as_branches(branches: str | Sequence[str]) -> list[str]:
 
 def _distributed() -> Any:
     """``torch.distributed`` when a process group is initialised, else None."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: only under torchrun
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
@@ -378,7 +378,7 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
     clip_ids: list[str] = []
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: only for progress bars
         total = len(source) if hasattr(source, "__len__") else None
         desc = "cache" if world_size == 1 else f"cache (rank 0 of {world_size})"
         bar = tqdm(total=total, desc=desc, unit="clip")

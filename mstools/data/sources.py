@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+import pandas as pd
 
 from mstools.testbed.music import FRAME_RATE, make_dataset
 
@@ -228,7 +229,7 @@ def _prompt_items(prompts: Iterable[Item] | Sequence[str | None]) -> list[Item]:
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """``(frames, sample_rate, channels)`` of an audio file, from its header (no samples read)."""
-    import soundfile as sf
+    import soundfile as sf  # lazy: audio file I/O, only when files are read or written
     info = sf.info(str(path))
     return int(info.frames), int(info.samplerate), int(info.channels)
 
@@ -245,7 +246,7 @@ def load_audio(path: str | os.PathLike, seconds: float | None = None) -> tuple[t
         >>> wav.shape                                                     # doctest: +SKIP
         torch.Size([1, 110250])
     """
-    import soundfile as sf
+    import soundfile as sf  # lazy: audio file I/O, only when files are read or written
     frames = -1
     if seconds is not None:
         _, sr, _ = audio_info(path)
@@ -308,7 +309,6 @@ class AudioFolder(Source):
                             + f" ({len(self._files)} files)")
 
     def _read_csv(self, labels_csv: str | os.PathLike) -> dict[str, dict[str, Any]]:
-        import pandas as pd
         csv = Path(labels_csv).expanduser()
         if not csv.is_file():
             raise FileNotFoundError(f"labels CSV {csv} does not exist")

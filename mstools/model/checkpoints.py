@@ -82,7 +82,7 @@ def random_encodec(scale: str, seed: int) -> torch.nn.Module:
 
     Codebooks are randomly initialised (not k-means-pending zeros), so audio depends on the codes.
     """
-    from audiocraft.models.encodec import EncodecModel
+    from audiocraft.models.encodec import EncodecModel  # lazy: audiocraft is heavy; only this path needs it
     from audiocraft.modules.seanet import SEANetDecoder, SEANetEncoder
     from audiocraft.quantization.vq import ResidualVectorQuantizer
     a = ARCHITECTURES[scale]
@@ -111,7 +111,7 @@ def checkpoint_files(name: str) -> tuple[Path, Path]:
                                       "holds audiocraft's state_dict.bin and compression_state_dict.bin")
         return lm_f, comp_f
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # lazy: hub client, only for released checkpoints
         cache_dir = os.environ.get("AUDIOCRAFT_CACHE_DIR")
         lm_f = hf_hub_download(repo_id=name, filename="state_dict.bin", cache_dir=cache_dir)
         comp_f = hf_hub_download(repo_id=name, filename="compression_state_dict.bin",
@@ -153,7 +153,7 @@ def _safe_load(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(name: str, lm_f: Path, comp_f: Path, device: Any) -> HookedMusicGen:
-    from audiocraft.models import builders
+    from audiocraft.models import builders  # lazy: audiocraft is heavy; only this path needs it
     from audiocraft.models.encodec import CompressionModel
     from audiocraft.models.musicgen import MusicGen
     from omegaconf import OmegaConf
@@ -188,7 +188,7 @@ def load_checkpoint(name: str, lm_f: Path, comp_f: Path, device: Any) -> HookedM
 
 
 def _delete(cfg: Any, dotted: str) -> None:
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: audiocraft's config library, only for audiocraft checkpoints
     parts = dotted.split(".")
     node = cfg
     for p in parts[:-1]:
@@ -205,7 +205,7 @@ def export_checkpoint(model: HookedMusicGen, folder: str | Path) -> Path:
     ``compression_state_dict.bin``, tensors and a YAML config only), readable by
     :func:`load_musicgen`. Used to test the real loading path offline.
     """
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: audiocraft's config library, only for audiocraft checkpoints
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(model.lm.cfg)
@@ -219,7 +219,7 @@ def export_checkpoint(model: HookedMusicGen, folder: str | Path) -> Path:
 
 
 def _encodec_config(model: HookedMusicGen) -> Any:
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy: audiocraft's config library, only for audiocraft checkpoints
     comp = model.compression_model
     enc = comp.encoder
     scale = "tiny" if enc.dimension == 32 else "small"

@@ -467,7 +467,7 @@ class HookedMusicGen(HookedRootModule):
             prompt_audio = (wav, self.sample_rate)
         bar = on_progress = None
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: only for progress bars
             bar = tqdm(total=int(duration * self.frame_rate), desc="generate", unit="step")
 
             def on_progress(done: int, total: int) -> None:

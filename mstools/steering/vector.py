@@ -10,6 +10,7 @@ Vectors combine like tensors, per hook; a hook present in only one operand is ca
 the other held zeros there, and vectors made for different models are refused:
 
 >>> import torch
+import numpy as np
 >>> jazz = SteeringVector({"blocks.3.hook_resid_post": torch.tensor([3.0, 4.0])}, "tiny-v1",
 ...                       source="diff_means:genre=jazz-vs-rest")
 >>> rock = SteeringVector({"blocks.3.hook_resid_post": torch.tensor([1.0, 0.0])}, "tiny-v1",
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -86,7 +88,6 @@ def check_strength(a: Any) -> float | Tensor:
                              f"{a[tuple(where)].item()}")
         return a
     if hasattr(a, "__array__") and not isinstance(a, numbers.Number):  # numpy arrays
-        import numpy as np
 
         arr = np.asarray(a)
         if arr.dtype.kind not in "fiu":

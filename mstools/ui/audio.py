@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mstools.core.fileio import atomic_write_bytes
+
 __all__ = ["write_wav", "wav_bytes", "audio_html", "spectrogram", "player"]
 
 
@@ -31,7 +33,7 @@ def _mono_numpy(audio: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def wav_bytes(audio: torch.Tensor | np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM wav of a clip (mono mix), peak-normalised only if it would clip."""
-    import soundfile as sf
+    import soundfile as sf  # lazy: audio file I/O, only when files are read or written
     x = _mono_numpy(audio)
     peak = float(np.abs(x).max()) if x.size else 0.0
     if peak > 1.0:
@@ -43,7 +45,6 @@ def wav_bytes(audio: torch.Tensor | np.ndarray, sample_rate: int) -> bytes:
 
 def write_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
     """Write a clip as a wav file atomically (temp file in the same folder, then rename)."""
-    from mstools.core.fileio import atomic_write_bytes
     return atomic_write_bytes(path, wav_bytes(audio, sample_rate))
 
 
@@ -57,14 +58,14 @@ def audio_html(audio: torch.Tensor | np.ndarray, sample_rate: int, label: str = 
 
 def player(audio: torch.Tensor | np.ndarray, sample_rate: int):
     """An IPython audio player for notebooks."""
-    from IPython.display import Audio
+    from IPython.display import Audio  # lazy: display libraries load when something is drawn
     return Audio(_mono_numpy(audio), rate=int(sample_rate), normalize=True)
 
 
 def spectrogram(audio: torch.Tensor | np.ndarray, sample_rate: int, *, n_fft: int = 1024,
                 hop: int | None = None, title: str = "", max_hz: float | None = None):
     """Log-magnitude spectrogram as a plotly heatmap (time in seconds, frequency in Hz)."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: display libraries load when something is drawn
     x = torch.from_numpy(_mono_numpy(audio))
     hop = hop or n_fft // 4
     if x.numel() < n_fft:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from mstools.analysis.probes import summarize
 from mstools.core.names import kind_of
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ def layer_curve(
     ``"... (95% interval)"`` (skipped where the interval is undefined, e.g. a single seed). Hooks
     without a layer (``layer == -1``, e.g. ``hook_embed``) sit at x = -1.
     """
-    from mstools.analysis.probes import summarize
 
     if df.empty:
         raise ValueError("layer_curve: the table is empty")
@@ -191,7 +191,7 @@ def steering_curve(summary: pd.DataFrame, *, x: str = "strength", success: str =
     ``summary``: rows with columns ``x``, ``success``, ``quality``, ``by`` and optionally ``control``
     (``"none"`` / ``"random"``), e.g. :func:`mstools.evaluation.summarize` output with a strength column.
     """
-    from plotly.subplots import make_subplots
+    from plotly.subplots import make_subplots  # lazy: display libraries load when something is drawn
     need = {x, success, quality, by}
     missing = need - set(summary.columns)
     if missing:

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mstools.core.fileio import atomic_write_text
+from mstools.ui.audio import audio_html
+
 __all__ = ["Report"]
 
 _CSS = """
@@ -47,7 +50,7 @@ class Report:
 
     def figure(self, fig: Any) -> None:
         if not self._plotly_included:  # plotly.js once, inline: the file works offline
-            import plotly.offline
+            import plotly.offline  # lazy: display libraries load when something is drawn
             self.parts.append(f"<script>{plotly.offline.get_plotlyjs()}</script>")
             self._plotly_included = True
         self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
@@ -62,7 +65,6 @@ class Report:
 
     def audio(self, clips: list[tuple[str, Any, int]]) -> None:
         """A row of players: ``[(label, audio [C, N], sample_rate), ...]``."""
-        from mstools.ui.audio import audio_html
         self.parts.append("<div>" + "".join(audio_html(a, sr, label) for label, a, sr in clips)
                           + "</div>")
 
@@ -74,5 +76,4 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file, then rename)."""
-        from mstools.core.fileio import atomic_write_text
         return atomic_write_text(path, self.html())

@@ -119,7 +119,7 @@ class _Clip:
 
 def _plotly_output(fig: Any, label: str) -> dict:
     """A display_data entry for an Output widget (plotly's own mimetype; no global renderer used)."""
-    import plotly.io as pio
+    import plotly.io as pio  # lazy: display libraries load when something is drawn
     bundle = pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
     bundle["text/plain"] = f"<{label}>"
     return {"output_type": "display_data", "data": bundle, "metadata": {}}
@@ -159,7 +159,7 @@ class SteeringPanel:
                  *, seed: int = 0, strength: float = 1.0,
                  strength_range: tuple[float, float] = (-4.0, 4.0), readout_seconds: float = 1.0,
                  max_cached: int = 4):
-        import ipywidgets as w
+        import ipywidgets as w  # lazy: display libraries load when something is drawn
 
         if not vectors:
             raise ValueError("give at least one steering vector: vectors={'name': SteeringVector}")
@@ -235,7 +235,7 @@ class SteeringPanel:
     # ------------------------------------------------------------------ display
     def display(self) -> None:
         """Show the panel in the notebook."""
-        from IPython.display import display
+        from IPython.display import display  # lazy: display libraries load when something is drawn
         display(self.widget)
 
     def _ipython_display_(self) -> None:
@@ -487,7 +487,7 @@ def readout_figure(table: pd.DataFrame, settings: PanelSettings, hook: str) -> A
     ``table``: rows of :class:`PanelResult.readout` (columns ``version``, ``t0``, ``t1``, and
     ``value`` or class columns).
     """
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: display libraries load when something is drawn
     skip = {"version", "clip", "second", "t0", "t1", "n_steps", "label"}
     cols = [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",

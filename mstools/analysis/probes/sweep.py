@@ -395,13 +395,15 @@ _RANGES = {"accuracy": (0.0, 1.0), "f1_macro": (0.0, 1.0), "r2": (-np.inf, 1.0)}
 
 
 def held_out_predictions(features: torch.Tensor, labels: pd.DataFrame, target: str, method: str = "logistic", *,
-                         seed: int = 0, test_size: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+                         seed: int = 0, test_size: float = 0.25,
+                         options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """True and predicted labels of the held-out clips of one split (e.g. for a confusion matrix).
 
     The split is the one :func:`mstools.analysis.probes.probe_sweep` uses for the same ``seed`` and
     ``test_size`` (by clip, stratified by class), and the probe is fitted the same way
-    (:func:`mstools.analysis.probes.fit_probes` on the training rows), so the accuracy of these predictions is
-    the sweep's accuracy for that seed.
+    (:func:`mstools.analysis.probes.fit_probes` on the training rows, with the sweep's default solver
+    options unless ``options`` says otherwise), so the accuracy of these predictions is the sweep's
+    accuracy for that seed.
 
     Args:
         features: ``[N, D]`` pooled activations of one hook (rows in the order of ``labels``).
@@ -425,6 +427,7 @@ def held_out_predictions(features: torch.Tensor, labels: pd.DataFrame, target: s
     groups = labels["clip"].to_numpy()[rows]
     tr, te = group_split(groups, y, test_size, seed)
     train = labels.iloc[rows[tr]].reset_index(drop=True)
-    probe = fit_probes({"x": X[rows[tr]]}, train, target, method)["x"]
+    probe = fit_probes({"x": X[rows[tr]]}, train, target, method,
+                       options=_options(options))["x"]
     y_pred = probe.predict(X[rows[te]].float())
     return y[te].astype(object), np.asarray(y_pred, dtype=object)

@@ -162,12 +162,15 @@ def check_same_config(have: Mapping[str, Any], want: Mapping[str, Any], what: st
                                        for h in a):
                 diffs.append(f"  hook shapes: {a!r} vs {b!r}")
         elif key == "meta":
-            for k in sorted(set(a or {}) | set(b or {})):
-                if (a or {}).get(k) != (b or {}).get(k):
-                    diffs.append(f"  {k}: {what} has {(a or {}).get(k)!r}, this run asks for {(b or {}).get(k)!r}")
+            a, b = dict(a or {}), dict(b or {})
+            for m in (a, b):  # a store without a backend entry was written with audiocraft
+                m.setdefault("backend", "audiocraft")
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    diffs.append(f"  {k}: the store has {a.get(k)!r}, this run asks for {b.get(k)!r}")
         elif a != b:
             name = "model" if key == "fingerprint" else key
-            diffs.append(f"  {name}: {what} has {a!r}, this run asks for {b!r}")
+            diffs.append(f"  {name}: the store has {a!r}, this run asks for {b!r}")
     if diffs:
         raise StoreError(f"{what} holds a store made with other settings:\n" + "\n".join(diffs)
                          + "\nA store keeps one configuration: write to another folder, or rerun "

@@ -23,7 +23,7 @@ __all__ = ["AudiocraftBackend", "token_lengths"]
 
 def token_lengths(lm: nn.Module, prompt: str | None) -> tuple:
     """Token count of ``prompt`` under each text conditioner of an audiocraft ``LMModel``."""
-    from audiocraft.modules.conditioners import TextConditioner
+    from audiocraft.modules.conditioners import TextConditioner  # lazy: audiocraft is heavy; only this path needs it
     provider = getattr(lm, "condition_provider", None)
     lengths: list[int | None] = []
     for name, cond in (getattr(provider, "conditioners", {}) or {}).items():

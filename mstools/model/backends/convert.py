@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["audiocraft_to_transformers", "transformers_to_audiocraft", "decoder_config_from_audiocraft",
@@ -121,7 +122,7 @@ def transformers_to_audiocraft(state: dict[str, torch.Tensor]) -> dict[str, torc
 
 def decoder_config_from_audiocraft(lm: nn.Module, *, max_positions: int = 2048) -> Any:
     """``MusicgenDecoderConfig`` of an audiocraft ``LMModel`` (pad = bos = card)."""
-    from transformers import MusicgenDecoderConfig
+    from transformers import MusicgenDecoderConfig  # lazy: transformers is loaded only where it is used
     layer = lm.transformer.layers[0]
     if getattr(lm.transformer, "positional_embedding", "sin") != "sin":
         raise ValueError("only sinusoidal positions map to transformers' MusicGen")
@@ -137,7 +138,6 @@ def decoder_config_from_audiocraft(lm: nn.Module, *, max_positions: int = 2048) 
 
 def _activation_name(layer: nn.Module) -> str:
     """audiocraft layers keep PyTorch's ``activation`` (a function or a module)."""
-    import torch.nn.functional as F
     act = getattr(layer, "activation", F.relu)
     if act is F.relu or isinstance(act, nn.ReLU):
         return "relu"
@@ -148,7 +148,7 @@ def _activation_name(layer: nn.Module) -> str:
 
 def decoder_from_audiocraft(lm: nn.Module, *, max_positions: int = 2048) -> Any:
     """A ``MusicgenForCausalLM`` holding an audiocraft ``LMModel``'s weights (eval mode)."""
-    from transformers import GenerationConfig, MusicgenForCausalLM
+    from transformers import GenerationConfig, MusicgenForCausalLM  # lazy: transformers is loaded only where it is used
     config = decoder_config_from_audiocraft(lm, max_positions=max_positions)
     with torch.random.fork_rng(devices=[]):
         decoder = MusicgenForCausalLM(config)

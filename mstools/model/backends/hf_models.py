@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+
+from mstools.core.errors import MissingWeightsError
 
 if TYPE_CHECKING:
     from transformers import (MusicgenConfig, MusicgenForConditionalGeneration,
@@ -147,7 +150,7 @@ def offline_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     >>> tok(["Jazz, with piano!"])["input_ids"]      # jazz , with piano ! </s>
     [[118, 3, 21, 213, 6, 1]]
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # lazy: transformers is loaded only where it is used
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < len(_SPECIALS) + 1:
@@ -172,7 +175,7 @@ def hf_musicgen_config(scale: str = "tiny") -> MusicgenConfig:
     >>> hf_musicgen_config("small").decoder.num_hidden_layers
     24
     """
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config  # lazy: transformers is loaded only where it is used
 
     if scale not in HF_ARCHITECTURES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {list(HF_ARCHITECTURES)}")
@@ -189,7 +192,7 @@ def hf_musicgen_config(scale: str = "tiny") -> MusicgenConfig:
 
 def _generation_config(vocab_size: int) -> Any:
     """Sampling settings of the released checkpoints' ``generation_config.json``."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # lazy: transformers is loaded only where it is used
     return GenerationConfig(do_sample=True, guidance_scale=3.0, top_k=min(250, vocab_size),
                             max_length=1500, pad_token_id=vocab_size, bos_token_id=vocab_size,
                             decoder_start_token_id=vocab_size)
@@ -254,7 +257,7 @@ def build_hf_musicgen(scale: str = "tiny", seed: int = 0, *, device: str | torch
     >>> model.config.decoder.num_hidden_layers, model.config.audio_encoder.frame_rate
     (2, 25)
     """
-    from transformers import MusicgenForConditionalGeneration
+    from transformers import MusicgenForConditionalGeneration  # lazy: transformers is loaded only where it is used
 
     config = hf_musicgen_config(scale)
     with _quiet_special_token_warnings(), torch.random.fork_rng(devices=[]):
@@ -291,7 +294,7 @@ def load_hf_musicgen(name: str, *, device: str | torch.device = "cpu",
     >>> model.save_pretrained("outputs/tiny-hf"); tok.save_pretrained("outputs/tiny-hf")
     >>> model, tok = load_hf_musicgen("outputs/tiny-hf")
     """
-    from transformers import AutoConfig, MusicgenForConditionalGeneration
+    from transformers import AutoConfig, MusicgenForConditionalGeneration  # lazy: transformers is loaded only where it is used
 
     folder = Path(os.path.expanduser(name))
     is_dir = folder.is_dir()
@@ -327,8 +330,7 @@ def load_hf_musicgen(name: str, *, device: str | torch.device = "cpu",
 # -- helpers -------------------------------------------------------------------------------------------
 
 def _missing_weights(message: str) -> Exception:
-    """:class:`mstools.model.loading.MissingWeightsError` (imported late: no import cycle with mstools.model.loading)."""
-    from mstools.model.loading import MissingWeightsError
+    """:class:`mstools.core.errors.MissingWeightsError` with ``message``."""
     return MissingWeightsError(message)
 
 
@@ -341,7 +343,7 @@ def _load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     (Without tokenizer files, ``AutoTokenizer`` builds an empty T5 tokenizer from the text encoder's
     config that maps every word to ``<unk>``: prompts would silently be ignored.)
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers is loaded only where it is used
     from transformers.utils import cached_file
 
     def need() -> str:
@@ -360,7 +362,6 @@ def _load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
-    from safetensors import SafetensorError
     return (OSError, SafetensorError)
 
 
@@ -438,7 +439,6 @@ def _check_local_folder(folder: Path) -> None:
 
 def _check_safetensors(path: Path) -> None:
     """Open a safetensors file's header; its size must match what the header declares."""
-    from safetensors import SafetensorError, safe_open
     if not path.is_file():
         raise _missing_weights(f"{path} is missing (listed in model.safetensors.index.json); "
                                   "write or fetch the checkpoint again.")

@@ -31,8 +31,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from mstools.model.backends.audiocraft_backend import AudiocraftBackend, token_lengths
 from mstools.model.backends.base import Backend, Progress
-from mstools.model.backends.convert import transformers_to_audiocraft
+from mstools.model.backends.convert import decoder_from_audiocraft, transformers_to_audiocraft
 
 __all__ = ["TransformersBackend", "backend_from_composite", "backend_from_audiocraft", "TextEncoder", "T5TextEncoder", "AudiocraftTextEncoder", "Codec",
            "EncodecCodec", "AudiocraftCodec"]
@@ -94,7 +95,7 @@ class AudiocraftTextEncoder(TextEncoder):
         self.fuser = musicgen.lm.fuser
 
     def encode(self, prompts, *, null=False):
-        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout  # lazy: audiocraft is heavy; only this path needs it
         attrs, _ = self.musicgen._prepare_tokens_and_attributes(list(prompts), None)
         if null:
             attrs = ClassifierFreeGuidanceDropout(p=1.0)(attrs)
@@ -106,7 +107,6 @@ class AudiocraftTextEncoder(TextEncoder):
         return torch.cat(cross, dim=1), None
 
     def token_lengths(self, prompt):
-        from mstools.model.backends.audiocraft_backend import token_lengths
         return token_lengths(self.musicgen.lm, prompt)
 
     def reference_state_dict(self):
@@ -261,7 +261,7 @@ class TransformersBackend(Backend):
     def generate(self, prompts: list[str | None], duration: float, params: dict[str, Any], *,
                  audio_prompt: tuple[torch.Tensor, int] | None, decode: bool,
                  progress: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig  # lazy: transformers is loaded only where it is used
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
         b, k = len(prompts), self.num_codebooks
         device = self.decoder.device
@@ -350,8 +350,6 @@ def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: fl
 def backend_from_audiocraft(musicgen: Any) -> TransformersBackend:
     """An audiocraft ``MusicGen`` (the testbed) on the transformers decoder: its LM's weights mapped
     into a ``MusicgenForCausalLM``, its own conditioner as text encoder, its own codec."""
-    from mstools.model.backends.audiocraft_backend import AudiocraftBackend
-    from mstools.model.backends.convert import decoder_from_audiocraft
     reference = AudiocraftBackend(musicgen)
     decoder = decoder_from_audiocraft(musicgen.lm).to(reference.lm.emb[0].weight.device)
     return TransformersBackend(decoder, AudiocraftTextEncoder(musicgen),
