@@ -54,7 +54,7 @@ with contextlib.redirect_stdout(io.StringIO()):  # it prints which decoder it ch
     from sparsify import SparseCoder, SparseCoderConfig
 
 __all__ = ["SAE", "StoreBatches", "train_sae", "evaluate_sae", "encode", "feature_auroc",
-           "best_features", "sparse_probe", "features_needed", "splice", "top_rows"]
+           "best_features", "pool_by_clip", "sparse_probe", "features_needed", "splice", "top_rows"]
 
 Batches = torch.Tensor | Iterable[torch.Tensor]
 
@@ -318,8 +318,8 @@ def train_sae(data: Batches, *, hook: str, fingerprint: str, width: int, k: int,
                 since[fired] = 0
                 rows += len(x)
                 if step % log_every == 0:
-                    log.append(dict(step=step, rows=rows, fvu=float(out.fvu),
-                                    auxk=float(out.auxk_loss), dead=int((since > dead_rows).sum())))
+                    log.append(dict(step=step, rows=rows, fvu=out.fvu.item(),
+                                    auxk=out.auxk_loss.item(), dead=int((since > dead_rows).sum())))
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -368,6 +368,22 @@ def encode(sae: SAE, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     return torch.cat([sae.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def pool_by_clip(codes: torch.Tensor, labels: pd.DataFrame) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Mean codes over each clip's frames: ``[N, M]`` -> ``[C, M]`` with one labels row per clip
+    (the clip's first row), in order of first appearance. Factor labels are per clip, so a latent
+    that marks a factor value on some frames of every clip separates clips even when it is zero on
+    most frames."""
+    clips = labels["clip"].to_numpy()
+    uniq, first, inv = np.unique(clips, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    remap = np.empty_like(order)
+    remap[order] = np.arange(len(order))
+    idx = torch.as_tensor(remap[inv])
+    sums = torch.zeros(len(uniq), codes.shape[1]).index_add_(0, idx, codes.float())
+    counts = torch.bincount(idx, minlength=len(uniq)).clamp_min(1).float()
+    return sums / counts[:, None], labels.iloc[first[order]].reset_index(drop=True)
+
+
 def _ranks(codes: torch.Tensor) -> np.ndarray:
     from scipy.stats import rankdata
     return rankdata(codes.numpy(), axis=0, method="average")
@@ -414,7 +430,7 @@ def sparse_probe(codes: torch.Tensor, labels: pd.DataFrame, factor: str, value: 
     """Held-out accuracy of a logistic probe on the ``k`` latents that best separate ``value``.
 
     Rows are split by clip (:func:`mstools.probes.group_split`, stratified); latents are ranked by
-    ``|AUROC - 0.5|`` on the training rows only; for each k a logistic regression reads the top k.
+    ``|AUROC - 0.5|`` on the training rows only; for each k a logistic regression reads the top k (z-scored with training statistics).
 
     Returns:
         ``factor, value, k, accuracy, balanced_accuracy, features`` (balanced accuracy = mean of
@@ -431,8 +447,10 @@ def sparse_probe(codes: torch.Tensor, labels: pd.DataFrame, factor: str, value: 
     out = []
     for k in ks:
         top = order.to_numpy()[:k]
-        clf = LogisticRegression(C=C, max_iter=1000).fit(X[np.ix_(tr, top)], y[tr])
-        pred = clf.predict(X[np.ix_(te, top)])
+        Xtr, Xte = X[np.ix_(tr, top)], X[np.ix_(te, top)]
+        mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8  # z-scored with training statistics
+        clf = LogisticRegression(C=C, max_iter=1000).fit((Xtr - mu) / sd, y[tr])
+        pred = clf.predict((Xte - mu) / sd)
         out.append(dict(factor=factor, value=value, k=int(k), accuracy=float((pred == y[te]).mean()),
                         balanced_accuracy=float(balanced_accuracy_score(y[te], pred)),
                         features=top.tolist()))
