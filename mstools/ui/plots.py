@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 
 from mstools.analysis.probes import summarize
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["layer_curve", "confusion_matrix", "similarity_heatmap", "projection_scatter", "steering_curve",
-           "steering_bars"]
+           "steering_bars", "patching_heatmap"]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22"]
@@ -257,4 +258,24 @@ def steering_bars(summary: pd.DataFrame, *, title: str = "", x: str | None = Non
         fig.add_trace(go.Bar(x=labels, y=t["prompted"], name="prompted", marker_color="#2ca02c"))
     fig.update_layout(barmode="group", title=title, yaxis_title="share of clips on target",
                       yaxis_range=[0, 1.05], template="plotly_white")
+    return fig
+
+
+def patching_heatmap(df: pd.DataFrame, *, x: str = "t0", y: str = "layer", value: str = "metric",
+            title: str | None = None) -> Any:
+    """A plotly heatmap of ``value`` over ``y`` (rows) x ``x`` (columns), e.g. layer x time or
+    layer x head, from :mod:`mstools.analysis.patching`; several rows per cell (e.g. hooks) are averaged.
+
+    >>> patching_heatmap(patch_sweep(...), x="head", y="layer")                           # doctest: +SKIP
+    """
+    for col in (x, y, value):
+        if col not in df.columns:
+            raise KeyError(f"column {col!r} not in the table (columns: {list(df.columns)})")
+    grid = df.pivot_table(index=y, columns=x, values=value, aggfunc="mean").sort_index()
+    labels = {"t0": "window start (s)", "layer": "layer", "head": "head", "metric": "patched effect"}
+    fig = px.imshow(grid, aspect="auto", origin="lower", color_continuous_scale="RdBu_r",
+                    color_continuous_midpoint=0.0,
+                    labels=dict(x=labels.get(x, x), y=labels.get(y, y), color=labels.get(value, value)),
+                    title=title or f"{value}: {y} x {x} (0 = corrupted, 1 = clean)")
+    fig.update_layout(template="plotly_white")
     return fig
