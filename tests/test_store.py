@@ -12,6 +12,8 @@ import re
 import pandas as pd
 import pytest
 import torch
+import xxhash
+from safetensors import safe_open
 
 from mstools.data.store import writer as store_module
 from mstools.data.pooling import Pooling
@@ -101,15 +103,21 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     pd.testing.assert_frame_equal(again.labels, want_labels)
     assert again.done_clips() == {f"clip{i:03d}" for i in clips}
 
-    # manifest: every shard's sha256 and size are those of the file on disk; only JSON + safetensors
+    # manifest: every shard's checksum and size are those of the file on disk, and each tensor's
+    # checksum that of its bytes (xxh3-64, computed here with xxhash itself); only JSON +
+    # safetensors; no lock file is left behind
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert [s["rows"] for s in manifest["shards"]] == [3, 3, 3, 1]
     for s in manifest["shards"]:
         data = (tmp_path / "s" / s["file"]).read_bytes()
-        assert s["sha256"] == hashlib.sha256(data).hexdigest() and s["bytes"] == len(data)
+        assert s["xxh3"] == xxhash.xxh3_64_hexdigest(data) and s["bytes"] == len(data)
+        with safe_open(str(tmp_path / "s" / s["file"]), framework="pt") as f:
+            for h in SHAPES:
+                raw = f.get_tensor(h).contiguous().view(torch.uint8).numpy().tobytes()
+                assert s["checksums"][h] == xxhash.xxh3_64_hexdigest(raw)
     assert manifest["alignment"]["convention"] == "mstools.core.timeline"
-    suffixes = {p.suffix for p in (tmp_path / "s").iterdir()}
-    assert suffixes <= {".json", ".safetensors", ".lock"}
+    names = {p.name for p in (tmp_path / "s").iterdir()}
+    assert {p.rsplit(".", 1)[-1] for p in names} <= {"json", "safetensors"}
     assert again.verify() == {"shards": 4, "rows": 10, "removed": []}
 
 
@@ -177,7 +185,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     with store.writer(shard_rows=4) as w:
         write(w, [i for i in clips if f"clip{i:03d}" not in store.done_clips()], batch=5)
     assert_same_content(store, ref)
-    assert [s["sha256"] for s in store.shards] == [s["sha256"] for s in ref.shards]
+    assert [s["xxh3"] for s in store.shards] == [s["xxh3"] for s in ref.shards]
     assert not list(path.glob(".*.tmp"))
     store.verify()
 
@@ -231,8 +239,11 @@ def test_corrupt_truncated_and_missing_shards_are_named(tmp_path):
     msg = str(err.value)
     assert "rank000-00001.safetensors: corrupt" in msg and "rank000-00002.safetensors: truncated" in msg
     assert "rank000-00003.safetensors: missing" in msg and "resume the writer" in msg
-    with pytest.raises(StoreIntegrityError, match="rank000-00002.safetensors cannot be read"):
+    # reading checks what it serves: the flipped byte (same size) is caught, not served
+    with pytest.raises(StoreIntegrityError, match="rank000-00001.safetensors .* is corrupt"):
         store.features(RESID)
+    with pytest.raises(StoreIntegrityError, match="rank000-00001.safetensors .* is corrupt"):
+        list(store.iter_batches(RESID, rows=3))
 
     report = store.verify(repair=True)
     assert report["removed"] == ["rank000-00001.safetensors", "rank000-00002.safetensors",
@@ -260,7 +271,7 @@ def test_deleting_a_bad_shard_by_hand_and_resuming_recomputes_it(tmp_path):
         write(w, [i for i in clips if f"clip{i:03d}" not in store.done_clips()])
     store.verify()
     assert_same_content(store, ref)                   # the lost shards were the last ones, so the
-    assert [s["sha256"] for s in store.shards] == [s["sha256"] for s in ref.shards]  # same files
+    assert [s["xxh3"] for s in store.shards] == [s["xxh3"] for s in ref.shards]  # same files
 
 
 def test_truncated_manifest_is_refused_and_rebuilt_by_merge(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+import xxhash
 from safetensors import safe_open
 
 from mstools.core.errors import StoreError, StoreIntegrityError
@@ -25,8 +26,13 @@ except ImportError:  # pragma: no cover - Windows
 
 KIND = "activation_store"
 FORMAT = "mstools.activation_store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions whose shards and partial manifests a merge can read (and upgrade).
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+LABELS = "labels-{}.json"          # the merged labels table (columnar JSON), read when asked for
+INDEX = "index-{}.safetensors"     # shard and row of every stored row (int32), read when rows are read
+# (named by their checksum, so a store object opened before a later merge still reads its own)
 ALIGNMENT = {
     "convention": "mstools.core.timeline",
     "step": "LM input step s holds codebook k of frame s - 1 - k (delay pattern)",
@@ -44,7 +50,7 @@ SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "f
 
 # ----------------------------------------------------------------------------- file helpers
 
-def read_json(path: Path, what: str, hint: str) -> dict:
+def read_json(path: Path, what: str, hint: str, versions: Sequence[int] = (FORMAT_VERSION,)) -> dict:
     """Read a store manifest (merged or partial), checking its header; errors say what to do."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -57,10 +63,38 @@ def read_json(path: Path, what: str, hint: str) -> dict:
     except json.JSONDecodeError as err:
         raise StoreError(f"{what} {path} is not valid JSON ({err}); it is truncated or damaged. "
                          f"{hint}") from None
+    if isinstance(data, dict) and data.get("version") in versions:
+        versions_ok = data["version"]
+    else:
+        versions_ok = versions[-1]
     try:
-        return check_header(data, KIND, FORMAT_VERSION, path, hint)
+        return check_header(data, KIND, versions_ok, path, hint)
     except ValueError as err:
         raise StoreError(str(err)) from None
+
+
+def checksum(data: bytes | memoryview) -> str:
+    """xxh3-64 of ``data`` as hex (what shard entries record: fast enough to check on every read).
+
+    >>> checksum(b"abc")
+    '78af5f94892f3950'
+    """
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def tensor_checksum(t: torch.Tensor) -> str:
+    """:func:`checksum` of a tensor's bytes (C order)."""
+    t = t.detach().contiguous().cpu()
+    return checksum(t.view(torch.uint8).numpy().data if t.numel() else b"")
+
+
+def file_checksum(path: Path, chunk: int = 1 << 24) -> str:
+    """:func:`checksum` of a whole file, read in chunks."""
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def shard_name(rank: int, index: int) -> str:
@@ -132,8 +166,7 @@ CONFIG_KEYS = ("fingerprint", "hooks", "hook_shapes", "pooling", "dtype", "branc
 
 
 def empty_contents() -> dict[str, Any]:
-    return {"clip_order": None, "shards": [], "labels": {},
-            "locations": {"shard": [], "row": []}, "num_rows": 0}
+    return {"clip_order": None, "shards": [], "labels_file": None, "index_file": None, "num_rows": 0}
 
 
 def new_partial(manifest: Mapping[str, Any], rank: int) -> dict[str, Any]:
@@ -141,6 +174,33 @@ def new_partial(manifest: Mapping[str, Any], rank: int) -> dict[str, Any]:
     config = {k: manifest[k] for k in CONFIG_KEYS}
     return {"format": FORMAT, "version": FORMAT_VERSION, "rank": rank, "config": config,
             "hook_shapes": dict(config["hook_shapes"]), "shards": []}
+
+
+def shard_tensors(path: Path, entry: Mapping[str, Any], hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The tensors ``hooks`` of one shard, each checked against the checksum its entry records.
+
+    Raises:
+        StoreIntegrityError: the shard is missing, unreadable, or a tensor's bytes changed.
+    """
+    name = entry["file"]
+    try:
+        with safe_open(str(path / name), framework="pt") as f:
+            out = {h: f.get_tensor(h) for h in hooks}
+    except FileNotFoundError:
+        raise StoreIntegrityError(f"shard {name} is missing from {path}; run store.verify(repair=True) "
+                                  f"and resume the writer to recompute its clips", {name: "missing"}) from None
+    except Exception as err:  # safetensors raises its own error types for damaged headers
+        raise StoreIntegrityError(f"shard {name} cannot be read ({str(err)[:200]}); it is truncated or "
+                                  f"corrupt: run store.verify(repair=True) (or delete it) and resume "
+                                  f"the writer", {name: f"unreadable: {err}"}) from None
+    sums = entry.get("checksums") or {}
+    for h, x in out.items():
+        if h in sums and tensor_checksum(x) != sums[h]:
+            raise StoreIntegrityError(f"shard {name} of {path} is corrupt: the bytes of {h!r} changed "
+                                      f"since they were written; run store.verify(repair=True) and "
+                                      f"resume the writer to recompute its clips",
+                                      {name: f"{h} does not match its checksum"})
+    return out
 
 
 def partial_hint(path: Path) -> str:
@@ -201,19 +261,36 @@ def shard_labels(path: Path, entry: Mapping[str, Any]) -> dict[str, list]:
 
 @contextlib.contextmanager
 def rank_lock(path: Path, rank: int) -> Iterator[None]:
-    """Hold an exclusive advisory lock on one rank of a store (fails at once if already held)."""
+    """Hold an exclusive advisory lock on one rank of a store (fails at once if already held).
+
+    The lock file exists only while the rank is held: it is removed on release. A process that
+    opened it before the removal finds, after locking, that the path no longer names its file, and
+    tries again, so two writers never hold one rank.
+    """
     if fcntl is None:  # pragma: no cover - Windows: no locking
         yield
         return
-    fd = os.open(path / f"rank{rank:03d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    lock = path / f".rank{rank:03d}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise StoreError(f"rank {rank} of {path} is held by another writer; give each "
                              f"process its own rank, or wait for the other writer to close") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed by its last holder while we waited: take the new file
+    try:
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
         os.close(fd)
 
 
@@ -227,7 +304,8 @@ def read_partials(path: Path, manifest: Mapping[str, Any]) -> dict[int, dict]:
     for p in sorted(path.glob("rank*.manifest.json")):
         m = PARTIAL_RE.match(p.name)
         if m:
-            out[int(m.group(1))] = read_json(p, "the partial manifest", partial_hint(p))
+            out[int(m.group(1))] = read_json(p, "the partial manifest", partial_hint(p),
+                                             versions=READABLE_VERSIONS)
     rebuilt: dict[int, dict] = {}
     for entry in manifest.get("shards", []):
         rank = entry["rank"]

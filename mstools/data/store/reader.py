@@ -13,12 +13,13 @@ import torch
 from safetensors import safe_open
 
 from mstools.core.errors import StoreError, StoreIntegrityError
-from mstools.core.fileio import atomic_write_json, header, sha256_file
+from mstools.core.fileio import atomic_write_json, header
 from mstools.data.pooling import Pooling
 from mstools.data.store.format import (ALIGNMENT, DTYPES, FORMAT_VERSION, KIND, MANIFEST,
                                        RESERVED_COLUMNS, SAFETENSORS_DTYPES, SHARD_RE, check_same_config,
-                                       dtype_name, empty_contents, partial_name, rank_lock, read_json,
-                                       read_partials)
+                                       checksum, dtype_name, empty_contents, file_checksum, partial_name,
+                                       rank_lock, read_json, read_partials, shard_tensors,
+                                       tensor_checksum)
 from mstools.data.store.merge import merge_manifests
 from mstools.data.store.writer import StoreWriter
 
@@ -39,6 +40,18 @@ class ActivationStore:
     def __init__(self, path: str | os.PathLike, manifest: dict):
         self._path = Path(path)
         self._manifest = manifest
+        self._labels: pd.DataFrame | None = None          # read from labels.json when asked for
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # from index.safetensors
+
+    @property
+    def _manifest(self) -> dict:
+        return self.__manifest
+
+    @_manifest.setter
+    def _manifest(self, value: dict) -> None:  # a new manifest (merge, reload): forget what was read
+        self.__manifest = value
+        self._labels = None
+        self._index = None
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -130,8 +143,9 @@ class ActivationStore:
             StoreError: no store there, or a manifest that is invalid JSON (e.g. truncated).
         """
         path = Path(path)
-        hint = (f"If a merge was interrupted, rebuild it with ActivationStore.merge({str(path)!r}); "
-                f"if the store was never created, use ActivationStore.create(...).")
+        hint = (f"If a merge was interrupted, or the store was written by an older mstools, rebuild "
+                f"the manifest with ActivationStore.merge({str(path)!r}); if the store was never "
+                f"created, use ActivationStore.create(...).")
         manifest = read_json(path / MANIFEST, "the store manifest", hint)
         store = cls(path, manifest)
         unmerged = store._unmerged_shards()
@@ -204,11 +218,45 @@ class ActivationStore:
 
     @property
     def labels(self) -> pd.DataFrame:
-        """Labels table, one row per stored row: ``clip``, ``frame``, ``branch``, caller columns."""
-        columns = self._manifest["labels"]
-        if not columns:
-            return pd.DataFrame({c: pd.Series(dtype=object) for c in RESERVED_COLUMNS})
-        return pd.DataFrame(columns)
+        """Labels table, one row per stored row: ``clip``, ``frame``, ``branch``, caller columns.
+
+        Read from ``labels.json`` on first use (checked against the manifest's checksum), so opening
+        a store, or streaming its rows, does not hold the table in memory."""
+        if self._labels is None:
+            if not len(self):
+                self._labels = pd.DataFrame({c: pd.Series(dtype=object) for c in RESERVED_COLUMNS})
+            else:
+                data = self._side_file("labels_file")
+                self._labels = pd.DataFrame(json.loads(data))
+        return self._labels
+
+    def _side_file(self, key: str) -> bytes:
+        entry = self._manifest.get(key)
+        if not entry:
+            raise StoreError(f"{self._path}: the manifest names no {key.replace('_', ' ')}; rebuild it "
+                             f"with ActivationStore.merge({str(self._path)!r})")
+        try:
+            data = (self._path / entry["file"]).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self._path / entry['file']} is missing; rebuild it with "
+                             f"ActivationStore.merge({str(self._path)!r})") from None
+        if checksum(data) != entry["xxh3"]:
+            raise StoreError(f"{self._path / entry['file']} does not match the manifest (a merge was "
+                             f"interrupted, or the file was changed); rebuild it with "
+                             f"ActivationStore.merge({str(self._path)!r})")
+        return data
+
+    def _locations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shard [N], row [N]) of every stored row, int64, read from ``index.safetensors``."""
+        if self._index is None:
+            if not len(self):
+                empty = torch.zeros(0, dtype=torch.long)
+                self._index = (empty, empty)
+            else:
+                from safetensors.torch import load as load_tensors  # lazy: only this reader needs it
+                t = load_tensors(self._side_file("index_file"))
+                self._index = (t["shard"].long(), t["row"].long())
+        return self._index
 
     def __len__(self) -> int:
         return int(self._manifest["num_rows"])
@@ -226,22 +274,15 @@ class ActivationStore:
             raise StoreError(f"no rows are stored for {hook!r} yet (shape unknown); write some first")
         return tuple(shape)
 
-    def _open_shard(self, index: int):
-        name = self._manifest["shards"][index]["file"]
-        try:
-            return safe_open(str(self._path / name), framework="pt")
-        except FileNotFoundError:
-            raise StoreIntegrityError(
-                f"shard {name} is missing from {self._path}; run store.verify(repair=True) and "
-                f"resume the writer to recompute its clips", {name: "missing"}) from None
-        except Exception as err:  # safetensors raises its own error types for damaged headers
-            raise StoreIntegrityError(
-                f"shard {name} cannot be read ({err}); it is truncated or corrupt: run "
-                f"store.verify(repair=True) (or delete it) and resume the writer",
-                {name: f"unreadable: {err}"}) from None
+    def _tensor(self, index: int, hook: str) -> torch.Tensor:
+        """One hook's tensor of shard ``index``, checked against its recorded checksum."""
+        return shard_tensors(self._path, self._manifest["shards"][index], [hook])[hook]
 
     def features(self, hook: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """All rows of one hook, in the order of :attr:`labels`; reads only that hook's tensors.
+
+        Every tensor read is checked against the checksum written with it: a shard whose bytes
+        changed raises :class:`~mstools.core.errors.StoreIntegrityError` instead of being served.
 
         Args:
             hook: a stored hook name.
@@ -257,22 +298,23 @@ class ActivationStore:
         shape = self._row_shape(hook)
         dtype = self.dtype if dtype is None else dtype
         out = torch.empty((len(self), *shape), dtype=dtype)
-        shard_of = torch.tensor(self._manifest["locations"]["shard"], dtype=torch.long)
-        row_of = torch.tensor(self._manifest["locations"]["row"], dtype=torch.long)
+        shard_of, row_of = self._locations()
+        order = torch.argsort(shard_of, stable=True)
+        bounds = torch.searchsorted(shard_of[order], torch.arange(len(self._manifest["shards"]) + 1))
         for index in range(len(self._manifest["shards"])):
-            where = (shard_of == index).nonzero().squeeze(1)
+            where = order[int(bounds[index]):int(bounds[index + 1])]
             if where.numel() == 0:
                 continue
-            with self._open_shard(index) as f:
-                t = f.get_tensor(hook)
+            t = self._tensor(index, hook)
             out[where] = t[row_of[where]].to(dtype)
         return out
 
     def iter_batches(self, hook: str, rows: int = 4096,
                      dtype: torch.dtype | None = torch.float32) -> Iterator[torch.Tensor]:
-        """Yield ``[<=rows, ...]`` tensors of one hook, in order, reading one slice at a time.
+        """Yield ``[<=rows, ...]`` tensors of one hook, in order.
 
-        Memory holds one batch plus at most one shard's contiguous span per batch.
+        Each shard is read (and checked) once while its rows are being served: memory holds one
+        batch plus the shards the current batch touches, whatever the size of the store.
 
         Example:
             >>> total = sum(b.sum(0) for b in store.iter_batches("hook_embed", rows=512))  # doctest: +SKIP
@@ -281,18 +323,18 @@ class ActivationStore:
             raise ValueError(f"rows must be >= 1, got {rows}")
         shape = self._row_shape(hook)
         dtype = self.dtype if dtype is None else dtype
-        shard_of = torch.tensor(self._manifest["locations"]["shard"], dtype=torch.long)
-        row_of = torch.tensor(self._manifest["locations"]["row"], dtype=torch.long)
+        shard_of, row_of = self._locations()
+        held: dict[int, torch.Tensor] = {}
         for start in range(0, len(self), rows):
             s_idx, r_idx = shard_of[start:start + rows], row_of[start:start + rows]
             out = torch.empty((len(s_idx), *shape), dtype=dtype)
-            for index in torch.unique(s_idx).tolist():
+            wanted = torch.unique(s_idx).tolist()
+            held = {i: t for i, t in held.items() if i in wanted}  # drop shards this batch leaves
+            for index in wanted:
+                if index not in held:
+                    held[index] = self._tensor(index, hook)
                 where = (s_idx == index).nonzero().squeeze(1)
-                local = r_idx[where]
-                lo, hi = int(local.min()), int(local.max()) + 1
-                with self._open_shard(index) as f:
-                    span = f.get_slice(hook)[lo:hi]
-                out[where] = span[local - lo].to(dtype)
+                out[where] = held[index][r_idx[where]].to(dtype)
             yield out
 
     # ------------------------------------------------------------------ writing
@@ -310,12 +352,14 @@ class ActivationStore:
     def done_clips(self) -> set[str | int]:
         """Clip ids stored in complete shards (of every rank, merged or not): skip these on resume.
 
-        A shard whose file is missing or has the wrong size does not count.
+        A shard whose file is missing, has the wrong size or whose bytes changed (checksum) does not
+        count, so a resumed writer recomputes its clips.
         """
         done: set[str | int] = set()
         for entry in self._all_entries().values():
             path = self._path / entry["file"]
-            if path.is_file() and path.stat().st_size == entry["bytes"]:
+            if path.is_file() and path.stat().st_size == entry["bytes"] and (
+                    "xxh3" not in entry or file_checksum(path) == entry["xxh3"]):
                 done.update(entry["clips"])
         return done
 
@@ -347,7 +391,8 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ integrity
     def verify(self, repair: bool = False) -> dict[str, Any]:
-        """Check every shard (merged or not): present, right size, sha256, tensor names/shapes/dtypes.
+        """Check every shard (merged or not): present, right size, checksums of the file and of every
+        tensor, tensor names/shapes/dtypes; and the merged labels and index files.
 
         Args:
             repair: delete the bad shards and drop them from the manifests (merged again), so that
@@ -385,6 +430,14 @@ class ActivationStore:
                             os.unlink(self._path / name)
                     removed += names
             self._manifest = merge_manifests(self._path)
+        if len(self):
+            try:
+                self._side_file("labels_file")
+                self._side_file("index_file")
+            except StoreError:
+                if not repair:
+                    raise
+                self._manifest = merge_manifests(self._path)
         return {"shards": len(entries), "rows": len(self), "removed": sorted(removed)}
 
     def _check_shard(self, entry: Mapping[str, Any]) -> str | None:
@@ -395,8 +448,8 @@ class ActivationStore:
         size = path.stat().st_size
         if size != entry["bytes"]:
             return f"truncated or altered: {size} bytes on disk, {entry['bytes']} expected"
-        if sha256_file(path) != entry["sha256"]:
-            return "corrupt: sha256 does not match the manifest"
+        if "xxh3" in entry and file_checksum(path) != entry["xxh3"]:
+            return "corrupt: its bytes do not match the checksum in the manifest"
         try:
             with safe_open(str(path), framework="pt") as f:
                 names = set(f.keys())
@@ -409,6 +462,9 @@ class ActivationStore:
                         return f"{hook} has shape {shape}, expected [{entry['rows']}, *{want}]"
                     if sl.get_dtype() != SAFETENSORS_DTYPES[self._manifest["dtype"]]:
                         return f"{hook} has dtype {sl.get_dtype()}, expected {self._manifest['dtype']}"
+                    want_sum = (entry.get("checksums") or {}).get(hook)
+                    if want_sum is not None and tensor_checksum(f.get_tensor(hook)) != want_sum:
+                        return f"{hook} does not match its checksum"
         except Exception as err:
             return f"unreadable: {err}"
         return None

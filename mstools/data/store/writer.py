@@ -3,7 +3,6 @@ rank's partial manifest replaced atomically, so an interrupted run resumes where
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import warnings
 from typing import Any, Mapping, Sequence
@@ -14,8 +13,9 @@ from safetensors.torch import save as safetensors_bytes
 from mstools.core.errors import StoreError
 from mstools.core.fileio import META_KEY, atomic_write_bytes, atomic_write_json, header
 from mstools.data.store.format import (FORMAT_VERSION, KIND, RESERVED_COLUMNS, check_same_config,
-                                       clip_id, columns_of, is_sequence, label_value, new_partial,
-                                       partial_name, rank_lock, shard_name)
+                                       checksum, clip_id, columns_of, file_checksum, is_sequence,
+                                       label_value, new_partial, partial_name, rank_lock, shard_name,
+                                       tensor_checksum)
 from mstools.data.store.merge import merge_manifests
 
 __all__ = ["StoreWriter"]
@@ -76,15 +76,16 @@ class StoreWriter:
         kept, lost = [], []
         for entry in partial["shards"]:
             f = path / entry["file"]
-            if f.is_file() and f.stat().st_size == entry["bytes"]:
+            if f.is_file() and f.stat().st_size == entry["bytes"] and (
+                    "xxh3" not in entry or file_checksum(f) == entry["xxh3"]):
                 kept.append(entry)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
                 lost.append(entry["file"])
         if lost:
-            warnings.warn(f"shard(s) {', '.join(lost)} are missing or truncated; their clips are "
-                          f"no longer done and will be recomputed", stacklevel=3)
+            warnings.warn(f"shard(s) {', '.join(lost)} are missing, truncated or corrupt; their clips "
+                          f"are no longer done and will be recomputed", stacklevel=3)
             partial["shards"] = kept
             atomic_write_json(partial_path, partial)
         return partial
@@ -218,7 +219,8 @@ class StoreWriter:
         data = safetensors_bytes(tensors, metadata=meta)
         atomic_write_bytes(self.store.path / name, data)
         entry = {"file": name, "index": self._next_index, "rows": self._buffered_rows,
-                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "clips": clips}
+                 "bytes": len(data), "xxh3": checksum(data), "clips": clips,
+                 "checksums": {h: tensor_checksum(x) for h, x in tensors.items()}}
         del data, tensors
         self._partial["shards"].append(entry)
         atomic_write_json(self.store.path / partial_name(self.rank), self._partial)
