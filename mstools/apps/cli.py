@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 from typing import Callable, Sequence
 
 from mstools.apps import commands, demo
-from mstools.core.errors import MissingWeightsError, StoreError
-from mstools.core.names import UnknownHookError
+from mstools.core.errors import BadInputError, MissingWeightsError, MstoolsError, is_bad_input  # noqa: F401
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
 
@@ -71,29 +71,73 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="python -m mstools",
                                      description="Look inside MusicGen and steer it.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: MSTOOLS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.configure(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
         p.set_defaults(_run=cmd.run)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; returns its exit code (2 with a one-line message for a usage error).
+def _message(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    text = str(text).strip() or type(err).__name__
+    notes = getattr(err, "__notes__", [])
+    return text + ("".join(" " + n for n in notes) if notes else "")
 
-    Set ``MSTOOLS_DEBUG=1`` to see the full traceback of an error.
+
+def _os_message(err: OSError) -> str:
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    if err.errno == errno.ENOSPC:
+        return (f"the disk is full{where}; free some space and run the same command again: it "
+                f"resumes where it stopped, finished clips are kept")
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write{where}: {err.strerror}; choose an --out folder you can write to "
+                f"(a finished store can be read from anywhere)")
+    return f"{err.strerror or err}{where}"
+
+
+def exit_code(err: BaseException) -> int:
+    """2 for input the user can correct, 1 for the environment (weights, disk, damaged files).
+
+    >>> exit_code(BadInputError("x")), exit_code(MissingWeightsError("y")), exit_code(OSError(28, "full"))
+    (2, 1, 1)
+    """
+    if isinstance(err, FileNotFoundError):
+        return 2  # a path the user gave does not exist
+    return 2 if is_bad_input(err) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns its exit code.
+
+    Errors print one line on stderr (no traceback) and exit 2 for input the user can correct
+    (a typo, a missing path, a wrong number) or 1 for the environment (missing weights, a full
+    disk, a read-only folder, damaged files); an interrupted run exits 130 and says how to resume.
+    ``--debug`` (or ``MSTOOLS_DEBUG=1``) shows the full traceback instead.
     """
     args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("MSTOOLS_DEBUG"))
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, StoreError, MissingWeightsError, UnknownHookError) as err:
-        if os.environ.get("MSTOOLS_DEBUG"):
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        notes = "".join("\n" + n for n in getattr(err, "__notes__", []))
-        print(f"error: {message}{notes}\n(set MSTOOLS_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        if debug:
+            raise
+        print("interrupted; run the same command again to resume (finished clips are kept)",
+              file=sys.stderr)
         return 130
+    except Exception as err:  # every error becomes one line; --debug shows the traceback
+        if debug:
+            raise
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            line = _os_message(err)
+        elif isinstance(err, (MstoolsError, ValueError, TypeError, KeyError, FileNotFoundError)):
+            line = _message(err)
+        else:
+            line = f"unexpected {type(err).__name__}: {_message(err)}"
+        print(f"error: {line}\n(run with --debug for the traceback)", file=sys.stderr)
+        return exit_code(err)

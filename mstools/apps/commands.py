@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +13,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from mstools.core.errors import BadInputError
 from mstools.core.names import BACKENDS
 from mstools.data.caching import DISTRIBUTED_TIMEOUT, cache_activations
 from mstools.data.pooling import Pooling
@@ -67,8 +69,8 @@ def _read_prompts(path: str) -> Any:
                      '"repeats": 2}')
 
 
-def parse_source(spec: str, seed: int = 0) -> Any:
-    """A source from a ``--source`` value (see the module docstring).
+def parse_source(spec: str, seed: int = 0, skip_unreadable: bool = False) -> Any:
+    """A source from a ``--source`` value (see :mod:`mstools.apps.cli`).
 
     Example:
         >>> len(parse_source("testbed:4:1.0"))
@@ -78,23 +80,29 @@ def parse_source(spec: str, seed: int = 0) -> Any:
     parts = rest.split(":") if rest else []
     usage = ("--source must be testbed:N[:SECONDS[:SEED]], prompts:FILE.json, audio:DIR[:CSV] or "
              f"continuations:DIR:SECONDS:FILE.json; got {spec!r}")
-    try:
-        if kind == "testbed" and 1 <= len(parts) <= 3:
-            n = int(parts[0])
-            seconds = float(parts[1]) if len(parts) > 1 else 3.0
-            return testbed_clips(n, seconds, int(parts[2]) if len(parts) > 2 else seed)
-        if kind == "prompts" and len(parts) == 1:
-            return _read_prompts(parts[0])
-        if kind == "audio" and 1 <= len(parts) <= 2:
-            return audio_folder(parts[0], parts[1] if len(parts) > 1 else None)
-        if kind == "continuations" and len(parts) == 3:
-            return generated_continuations(audio_folder(parts[0]), _read_prompts(parts[2]),
-                                           float(parts[1]))
-    except ValueError as err:
-        if "could not convert" in str(err) or "invalid literal" in str(err):
-            raise ValueError(f"{usage} ({err})") from None
-        raise
-    raise ValueError(usage)
+
+    def number(text: str, what: str, cast: Any, positive: bool = True) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise BadInputError(f"--source {spec}: {what} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise BadInputError(f"--source {spec}: {what} must be a positive number, got {text!r}")
+        return value
+
+    if kind == "testbed" and 1 <= len(parts) <= 3:
+        n = number(parts[0], "N (clips)", int)
+        seconds = number(parts[1], "SECONDS", float) if len(parts) > 1 else 3.0
+        return testbed_clips(n, seconds, number(parts[2], "SEED", int, positive=False)
+                             if len(parts) > 2 else seed)
+    if kind == "prompts" and len(parts) == 1:
+        return _read_prompts(parts[0])
+    if kind == "audio" and 1 <= len(parts) <= 2:
+        return audio_folder(parts[0], parts[1] if len(parts) > 1 else None, skip_unreadable=skip_unreadable)
+    if kind == "continuations" and len(parts) == 3:
+        return generated_continuations(audio_folder(parts[0], skip_unreadable=skip_unreadable),
+                                       _read_prompts(parts[2]), number(parts[1], "SECONDS", float))
+    raise BadInputError(usage)
 
 
 def parse_pooling(spec: str) -> Any:
@@ -108,12 +116,17 @@ def parse_pooling(spec: str) -> Any:
         try:
             t0, t1 = (float(t) for t in rest.split(":"))
         except ValueError:
-            raise ValueError(f"--pooling window needs two times in seconds, window:T0:T1; "
-                             f"got {spec!r}") from None
+            raise BadInputError(f"--pooling window needs two times in seconds, window:T0:T1; "
+                                f"got {spec!r}") from None
+        if not (math.isfinite(t0) and math.isfinite(t1)):
+            raise BadInputError(f"--pooling window times must be finite, got {spec!r}")
         return Pooling("window", (t0, t1))
     if rest:
-        raise ValueError(f"--pooling {how} takes no argument; got {spec!r}")
-    return Pooling(how)
+        raise BadInputError(f"--pooling {how} takes no argument; got {spec!r}")
+    try:
+        return Pooling(how)
+    except ValueError as err:
+        raise BadInputError(f"--pooling {spec!r}: {err}") from None
 
 
 def configure_cache(p: argparse.ArgumentParser) -> None:
@@ -134,6 +147,8 @@ def configure_cache(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                    help="stored dtype (default: float16)")
     p.add_argument("--shard-rows", type=int, default=1024, help="rows per shard file (default: 1024)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="audio sources: leave out files that cannot be read (named in a warning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -155,12 +170,30 @@ def process_group() -> Iterator[tuple[int, int]]:
         dist.destroy_process_group()
 
 
+def _check_out(out: str) -> None:
+    """``--out`` must be a folder (or not exist yet)."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a folder; name a folder for the store")
+
+
 def run_cache(args: argparse.Namespace) -> int:
     """``python -m mstools cache``."""
     hooks = [h.strip() for h in args.hooks.split(",") if h.strip()]
+    if not hooks:
+        raise BadInputError(f"--hooks {args.hooks!r} names no hook; give names or globs, e.g. "
+                            f"'blocks.*.hook_resid_post'")
     branches = [b.strip() for b in args.branches.split(",") if b.strip()]
+    if not branches:
+        raise BadInputError(f"--branches {args.branches!r} names no branch; use cond, uncond or cond,uncond")
+    for name in ("batch_size", "shard_rows"):
+        if getattr(args, name) < 1:
+            raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise BadInputError(f"--duration must be a positive number of seconds, got {args.duration}")
+    _check_out(args.out)
     pooling = parse_pooling(args.pooling)
-    source = parse_source(args.source, seed=args.seed)
+    source = parse_source(args.source, seed=args.seed, skip_unreadable=args.skip_unreadable)
     with process_group() as (rank, world_size):
         model = make_model(args.model, args.device, args.backend)
         store = cache_activations(

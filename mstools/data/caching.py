@@ -57,6 +57,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
+from mstools.core.errors import BadInputError
 from mstools.model.hooked import Cache, HookedMusicGen
 from mstools.core.names import NamesFilter
 from mstools.data.pooling import Pooling, as_pooling
@@ -308,6 +309,31 @@ def _open_store(out: str | os.PathLike, model: HookedMusicGen, names: list[str],
     return store if store is not None else create()
 
 
+def _clip_seconds(model: HookedMusicGen, item: Item, duration: float | None) -> float:
+    """How many seconds of activations an item gives."""
+    if item.kind == "codes":
+        return item.codes.shape[-1] / model.frame_rate
+    if item.kind == "audio":
+        frames, sr, _ = audio_info(item.audio_path)
+        seconds = frames / sr
+        return min(seconds, duration) if duration is not None else seconds
+    return _generation_duration(model, duration)
+
+
+def _check_window_reaches(model: HookedMusicGen, source: Iterable[Item], pooling: Pooling,
+                          duration: float | None) -> None:
+    """Refuse a pooling window that starts after the clips end (checked on the first item)."""
+    if pooling.window is None or not hasattr(source, "__iter__"):
+        return
+    first = next(iter(source), None)
+    if first is None:
+        return
+    seconds = _clip_seconds(model, first, duration)
+    if pooling.window[0] >= seconds:
+        raise BadInputError(f"pooling window {pooling.window} starts after the clips end (the first "
+                            f"clip gives {seconds:g} s); choose a window inside the clip")
+
+
 def _labels(item: Item) -> dict[str, Any]:
     labels = dict(item.labels)
     labels.setdefault("prompt", item.prompt)
@@ -358,13 +384,21 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
         ...                           "acts/", branches=("cond", "uncond"), duration=2.0)  # doctest: +SKIP
         >>> store.labels[["clip", "branch", "genre"]]                                     # doctest: +SKIP
     """
+    # everything is checked before anything is written: a refused call leaves no stub store
     names = resolve_hooks(model, hooks)
     pooling = as_pooling(pooling)
     branches = _as_branches(branches)
     if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
-    if duration is not None and not (math.isfinite(duration) and duration > 0):
-        raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+        raise BadInputError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                                 or not (math.isfinite(duration) and duration > 0)):
+        raise BadInputError(f"duration must be a positive number of seconds, got {duration!r}")
+    for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"{name} must be an integer >= 1, got {value!r}")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise BadInputError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype!r}")
+    _check_window_reaches(model, source, pooling, duration)
     dist = _distributed() if world_size > 1 else None
     meta = {"model": model.model_name, "source": describe_source(source), "seed": int(seed),
             "duration": duration, "batch_size": int(batch_size)}
@@ -375,6 +409,8 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
         meta["backend"] = model.backend_name
     store = _open_store(out, model, names, pooling, dtype, branches, meta, rank, dist)
     done = store.done_clips()
+    if world_size == 1 and _complete(store, source, done):
+        return store  # nothing to compute or merge: no file is touched (a read-only copy works)
     clip_ids: list[str] = []
     bar = None
     if progress and rank == 0:
@@ -407,6 +443,17 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
         if bar is not None:
             bar.close()
     return _finish(store, clip_ids, world_size, rank, dist)
+
+
+def _complete(store: ActivationStore, source: Iterable[Item], done: set) -> bool:
+    """Every clip of the source is stored and merged, in the source's order."""
+    if store._unmerged_shards():
+        return False
+    ids = [it.clip_id for it in source]
+    if not set(ids) <= done:
+        return False
+    order = store._manifest.get("clip_order") or []
+    return list(order[:len(ids)]) == ids
 
 
 def _merge_in_order(store: ActivationStore, clip_ids: list[str]) -> ActivationStore:

@@ -257,7 +257,12 @@ def load_audio(path: str | os.PathLike, seconds: float | None = None) -> tuple[t
         raise ValueError(f"cannot read audio file {path}: {err}") from err
     if data.shape[0] == 0:
         raise ValueError(f"audio file {path} holds no samples")
-    return torch.from_numpy(data.T.copy()), int(sr)
+    wav = torch.from_numpy(data.T.copy())
+    if not bool(torch.isfinite(wav).all()):
+        bad = int((~torch.isfinite(wav)).sum())
+        raise ValueError(f"audio file {path} holds {bad} NaN or infinite samples; it is damaged: "
+                         f"repair or remove it, then run again (finished clips are kept)")
+    return wav, int(sr)
 
 
 def _scalar(value: Any) -> Any:

@@ -32,6 +32,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from mstools.core.errors import BadInputError
 from mstools.core.names import NamesFilter, expand_names, kind_of, resolve_names, spec_for
 from mstools.model.backends.audiocraft_backend import AudiocraftBackend
 from mstools.model.backends.base import GENERATION_KEYS, Backend
@@ -46,6 +47,35 @@ __all__ = ["HookedMusicGen", "Cache", "GenerationCache", "GenerationOutput", "St
 ReferenceClips = Callable[[], tuple[torch.Tensor, list]]
 #: ``codes [B, K, T] -> DataFrame`` with one column per factor and ``loglik``.
 Scorer = Callable[..., pd.DataFrame]
+
+
+def check_generation_params(params: dict[str, Any], card: int) -> None:
+    """Refuse generation parameters the samplers would misread, naming the parameter.
+
+    >>> check_generation_params({"use_sampling": True, "temperature": 0.0, "top_k": 5}, card=32)
+    Traceback (most recent call last):
+    ...
+    mstools.core.errors.BadInputError: temperature must be > 0 when sampling (got 0.0); for greedy decoding pass use_sampling=False
+    """
+    def number(key: str) -> float:
+        v = params.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise BadInputError(f"{key} must be a finite number, got {v!r}")
+        return float(v)
+
+    if params.get("use_sampling", True):
+        if number("temperature") <= 0:
+            raise BadInputError(f"temperature must be > 0 when sampling (got {params['temperature']}); "
+                                "for greedy decoding pass use_sampling=False")
+    top_k = params.get("top_k", 0)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k:
+        raise BadInputError(f"top_k must be an integer >= 0 (0: no top-k restriction), got {top_k!r}")
+    if top_k > card:
+        raise BadInputError(f"top_k {top_k} exceeds this model's codebook size {card}")
+    if not 0 <= number("top_p") <= 1:
+        raise BadInputError(f"top_p must lie in [0, 1] (0: off), got {params['top_p']}")
+    if number("cfg_coef") < 0:
+        raise BadInputError(f"cfg_coef must be >= 0, got {params['cfg_coef']}")
 
 
 class HookedMusicGen(HookedRootModule):
@@ -277,12 +307,25 @@ class HookedMusicGen(HookedRootModule):
             self.clock.cfg_batch = old
 
     # ------------------------------------------------------------------ teacher forcing
-    def _prompts(self, prompts: Sequence[str | None] | str | None, batch: int) -> list[str | None]:
-        if prompts is None:
-            prompts = [None] * batch
-        if isinstance(prompts, str):
+    @staticmethod
+    def _check_prompts(prompts: Any) -> list[str | None]:
+        """Prompts as a non-empty list of strings or None (unconditional)."""
+        if isinstance(prompts, str) or prompts is None:
             prompts = [prompts]
+        if not isinstance(prompts, Sequence):
+            raise BadInputError(f"prompts must be a string, None, or a list of them; got "
+                                f"{type(prompts).__name__}")
         prompts = list(prompts)
+        if not prompts:
+            raise BadInputError("give at least one prompt (None for an unconditional clip)")
+        bad = [(i, type(p).__name__) for i, p in enumerate(prompts) if not (p is None or isinstance(p, str))]
+        if bad:
+            raise BadInputError(f"prompts must be strings (or None for an unconditional clip); got "
+                                f"{', '.join(f'{t} at position {i}' for i, t in bad[:3])}")
+        return prompts
+
+    def _prompts(self, prompts: Sequence[str | None] | str | None, batch: int) -> list[str | None]:
+        prompts = [None] * batch if prompts is None else self._check_prompts(prompts)
         if len(prompts) != batch:
             raise ValueError(f"got {len(prompts)} prompts for a batch of {batch} clips; "
                              "give one prompt per clip (None for unconditional)")
@@ -316,7 +359,7 @@ class HookedMusicGen(HookedRootModule):
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.card):
             raise ValueError(f"codes must lie in [0, {self.card}); got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
-        return codes.long().to(self.device)
+        return codes.long().contiguous().to(self.device)
 
     def forward(self, codes: torch.Tensor, prompts: Sequence[str | None] | None = None) -> torch.Tensor:
         """Teacher-forced logits.
@@ -417,21 +460,22 @@ class HookedMusicGen(HookedRootModule):
             :class:`GenerationOutput` with ``codes [B, K, T]``, ``audio [B, C, N]``, ``sample_rate``,
             and ``cache`` when asked.
         """
-        if isinstance(prompts, str) or prompts is None:
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("give at least one prompt (None for an unconditional clip)")
-        if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
-            raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+        prompts = self._check_prompts(prompts)
+        if isinstance(duration, bool) or not (isinstance(duration, (int, float)) and math.isfinite(duration)
+                                              and duration > 0):
+            raise BadInputError(f"duration must be a positive number of seconds, got {duration!r}")
+        if duration < 1 / self.frame_rate:
+            raise BadInputError(f"duration {duration} s is shorter than one frame of this model "
+                                f"(1 / {self.frame_rate:g} s); ask for at least {1 / self.frame_rate:g} s")
         if duration > self.max_duration:
-            raise ValueError(f"duration {duration} s exceeds this model's max_duration "
-                             f"{self.max_duration} s")
+            raise BadInputError(f"duration {duration} s exceeds this model's max_duration "
+                                f"{self.max_duration} s")
         unknown = sorted(set(generation_params) - set(GENERATION_KEYS))
         if unknown:
             raise TypeError(f"unknown generation parameter(s) {unknown}; known: {list(GENERATION_KEYS)}")
         params = {k: v for k, v in self.backend.defaults.items() if k != "duration"}
         params.update(generation_params)
+        check_generation_params(params, self.card)
         if params.get("two_step_cfg"):
             raise ValueError("two_step_cfg is not supported: steering and caching need the "
                              "batched [cond | uncond] layout")

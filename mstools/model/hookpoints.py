@@ -20,9 +20,11 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from mstools.core.errors import MstoolsError
 from mstools.core.timeline import seconds_of_step
 
-__all__ = ["StepClock", "Bridge", "BridgedHookPoint", "Container", "Branch"]
+__all__ = ["StepClock", "Bridge", "BridgedHookPoint", "Container", "Branch", "HookOutputError",
+           "check_hook_output"]
 
 Branch = str  # "cond" | "uncond" | "both"
 
@@ -173,8 +175,48 @@ class Bridge:
         return output + (new - before)
 
 
+class HookOutputError(MstoolsError, TypeError):
+    """A hook returned something that cannot replace the activation (names the hook point and
+    the function, and says what is expected)."""
+
+
+def _fn_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def check_hook_output(out: Any, x: torch.Tensor, point: str, fn: Callable) -> torch.Tensor:
+    """``out`` if it can replace activation ``x`` at ``point``: a tensor of the same shape, dtype
+    and device; else :class:`HookOutputError` naming the hook and what would work.
+
+    >>> x = torch.zeros(2, 3)
+    >>> check_hook_output(x[:1], x, "blocks.0.hook_resid_post", len)
+    Traceback (most recent call last):
+    ...
+    mstools.model.hookpoints.HookOutputError: hook len at 'blocks.0.hook_resid_post' returned shape (1, 3); it must return a tensor of the activation's shape (2, 3) (or None to leave it unchanged)
+    """
+    where = f"hook {_fn_name(fn)} at {point!r}"
+    if not isinstance(out, torch.Tensor):
+        raise HookOutputError(f"{where} returned a {type(out).__module__}.{type(out).__name__}; it must "
+                              f"return a torch.Tensor of shape {tuple(x.shape)} (or None to leave the "
+                              f"activation unchanged)")
+    if out.shape != x.shape:
+        raise HookOutputError(f"{where} returned shape {tuple(out.shape)}; it must return a tensor of "
+                              f"the activation's shape {tuple(x.shape)} (or None to leave it unchanged)")
+    if out.dtype != x.dtype:
+        raise HookOutputError(f"{where} returned dtype {out.dtype}; the activation is {x.dtype} "
+                              f"(cast with .to(x.dtype))")
+    if out.device != x.device:
+        raise HookOutputError(f"{where} returned a tensor on {out.device}; the activation is on "
+                              f"{x.device} (move it with .to(x.device))")
+    return out
+
+
 class BridgedHookPoint(HookPoint):
-    """A HookPoint whose bridge to audiocraft is attached only while it has hooks."""
+    """A HookPoint whose bridge to audiocraft is attached only while it has hooks.
+
+    Every hook's return value is checked before it replaces the activation
+    (:func:`check_hook_output`): a wrong shape, dtype, device or type fails at once, naming the hook.
+    """
 
     bridge: Bridge | None = None
     clock: StepClock | None = None
@@ -183,7 +225,13 @@ class BridgedHookPoint(HookPoint):
                  alias_names=None):
         if dir != "fwd":
             raise NotImplementedError("mstools hook points support forward hooks only")
-        handle = super().add_hook(hook, dir=dir, is_permanent=is_permanent, level=level,
+        user = hook
+
+        def checked(x: torch.Tensor, hook: Any) -> Any:
+            out = user(x, hook=hook)
+            return None if out is None else check_hook_output(out, x, hook.name, user)
+
+        handle = super().add_hook(checked, dir=dir, is_permanent=is_permanent, level=level,
                                   prepend=prepend, alias_names=alias_names)
         try:
             if self.bridge is not None:

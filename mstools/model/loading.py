@@ -90,7 +90,7 @@ def _device(device: str | torch.device | None) -> torch.device:
                             f"'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; "
-                            f"use device='cpu'")
+                            f"use the CPU ('cpu')")
     return dev
 
 

@@ -27,15 +27,19 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import pandas as pd
 import torch
 
+from mstools.core.errors import BadInputError
 from mstools.core.names import kind_of
+from mstools.core.timeline import num_steps
 from mstools.steering.operators import Operator, get_operator
 from mstools.steering.schedules import Schedule, as_schedule
 from mstools.steering.vector import SteeringVector, check_strength
 
 __all__ = ["Steering", "steering_hooks", "apply", "Steerer", "sweep", "mean_norms", "SweepOutput",
-           "Setting", "describe"]
+           "Setting", "describe", "check_reaches"]
 
 BRANCHES = ("cond", "uncond", "both")
+#: Largest push the add operator accepts, in units of the hook's mean activation norm.
+MAX_RELATIVE_PUSH = 1000.0
 
 
 @dataclasses.dataclass
@@ -119,6 +123,7 @@ class _Plan:
 
     vec: torch.Tensor
     scale: float
+    strength: float
     schedule: Schedule
     branch: str
     op: Callable
@@ -186,8 +191,32 @@ def _resolve(setting: Steering, model: Any, rows: Sequence[int] | None) -> dict[
                 raise ValueError(f"the direction for {h!r} is all zeros")
             v = v / n
             scale *= norms[h]
-        plans[h] = _Plan(v, scale, schedule, setting.branch, op, rows)
+        if is_add:
+            added = abs(scale) * float(torch.linalg.vector_norm(v))
+            typical = norms.get(h) or mean_norms(model, [h])[h]
+            if added > MAX_RELATIVE_PUSH * typical:
+                raise BadInputError(
+                    f"strength {strength:g} adds a vector of norm {added:.3g} at {h!r}, "
+                    f"{added / typical:.3g} times the activation's mean norm ({typical:.3g}); beyond "
+                    f"{MAX_RELATIVE_PUSH:g} times nothing but noise comes out. Lower the strength "
+                    f"(in mean-norm units, 0.1-2 steer)")
+        plans[h] = _Plan(v, scale, float(strength), schedule, setting.branch, op, rows)
     return plans
+
+
+def check_reaches(settings: Sequence["Steering"], model: Any, duration: float) -> None:
+    """Refuse a setting whose schedule is zero over the whole clip (e.g. a window that starts after
+    the clip ends): it would steer nothing and look like a result."""
+    steps = torch.arange(num_steps(max(1, int(round(duration * model.frame_rate))), model.num_codebooks))
+    seconds = steps.double() / model.frame_rate
+    for s in settings:
+        schedule = as_schedule(s.schedule)
+        if repr(schedule).startswith("constant("):
+            continue
+        if not bool(schedule(seconds, steps).any()):
+            raise BadInputError(f"the schedule {schedule!r} of the steering from {s.vector.source!r} is "
+                                f"zero over the whole {duration:g} s clip (steps 0-{int(steps[-1])}): it "
+                                f"would steer nothing; move its window inside the clip")
 
 
 def _hook_fn(plans: list[_Plan]) -> Callable:
@@ -205,6 +234,10 @@ def _hook_fn(plans: list[_Plan]) -> Callable:
             a = torch.zeros(r, s, device=x.device)
             a[idx] = p.scale * w
             x = p.op(x, p.vec, a.view(r, s, *([1] * p.vec.dim())))
+            if not bool(torch.isfinite(x).all()):
+                raise BadInputError(f"steering at {hook.name!r} with strength {p.strength:g} made the "
+                                    f"activation infinite or NaN; lower the strength (it is in units "
+                                    f"of the hook's mean norm: try values around 0.1-2)")
         return x
     return steer
 
@@ -268,6 +301,7 @@ class Steerer:
         return steering_hooks(self.model, [(s, None) for s in self.settings])
 
     def generate(self, prompts: Sequence[str | None] | str, duration: float, **kw: Any) -> Any:
+        check_reaches(self.settings, self.model, duration)
         extra = list(kw.pop("fwd_hooks", []))
         return self.model.generate(prompts, duration, fwd_hooks=self.hooks() + extra, **kw)
 
@@ -344,6 +378,7 @@ def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Setting]
         desc = describe(setting)
         for j, p in enumerate(prompts):
             table.append(dict(clip=rows[j], prompt=p, setting=i, noise_id=j, **desc))
+    check_reaches([s for s, _ in pairs], model, duration)
     hooks = steering_hooks(model, pairs)
     extra = list(generate_kw.pop("fwd_hooks", []))
     if audio_prompt is not None:

@@ -128,7 +128,16 @@ class ActivationStore:
                 raise StoreError(f"a store already exists at {path}; open it with "
                                  f"ActivationStore.open(path), or pass exist_ok=True to resume it")
             store = cls.open(path)
-            check_same_config(store._manifest, config, f"the store at {path}")
+            try:
+                check_same_config(store._manifest, config, f"the store at {path}")
+            except StoreError:
+                if not store._is_empty():
+                    raise
+                # nothing was written yet (e.g. a run refused after it created the folder): the
+                # empty store takes the new configuration; no data is lost
+                manifest = {**header(KIND, FORMAT_VERSION), **config, **empty_contents()}
+                atomic_write_json(path / MANIFEST, manifest)
+                return cls(path, manifest)
             return store
         path.mkdir(parents=True, exist_ok=True)
         manifest = {**header(KIND, FORMAT_VERSION), **config, **empty_contents()}
@@ -362,6 +371,10 @@ class ActivationStore:
                     "xxh3" not in entry or file_checksum(path) == entry["xxh3"]):
                 done.update(entry["clips"])
         return done
+
+    def _is_empty(self) -> bool:
+        """No rows merged, no shard written by any rank."""
+        return len(self) == 0 and not any(p["shards"] for p in self._partials().values())
 
     def _partials(self) -> dict[int, dict]:
         """Per-rank partial manifests, by rank (see :func:`read_partials`)."""
