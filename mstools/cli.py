@@ -66,7 +66,7 @@ COMMANDS: dict[str, Command] = {}
 
 #: Modules imported before parsing, so that the commands they register with :func:`command`
 #: are available (e.g. a module defining ``demo``).
-COMMAND_MODULES: tuple[str, ...] = ("mstools.demo",)
+COMMAND_MODULES: tuple[str, ...] = ("mstools.demo", "mstools.export")
 
 
 def command(name: str, help: str,

@@ -10,8 +10,10 @@
   benchmarks. Built through audiocraft's own ``builders.get_lm_model``.
 
 Both take ``backend="audiocraft"`` (default: Meta's reference implementation) or
-``backend="transformers"`` (Hugging Face's ``MusicgenForConditionalGeneration``; for the testbed its
-decoder holds the testbed's weights through :mod:`mstools.backends.convert`). All return a
+``backend="transformers"`` (Hugging Face's ``MusicgenForConditionalGeneration``; the testbed becomes
+one: T5 text encoder, ``enc_to_dec_proj``, its LM's weights in the decoder through
+:mod:`mstools.backends.convert`, an EnCodec that decodes as its synth, see
+:mod:`mstools.testbed.hf_model`). All return a
 :class:`mstools.hooked.HookedMusicGen` with the same hook names either way.
 
 >>> model = build_musicgen("tiny", seed=0)
@@ -247,8 +249,8 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
         mg.device = torch.device(device)
         source: Any = mg
         if backend == "transformers":
-            from .backends.transformers_backend import backend_from_audiocraft
-            source = backend_from_audiocraft(mg)
+            from .backends.transformers_backend import backend_from_testbed
+            source = backend_from_testbed(mg)
         model = HookedMusicGen(source, name="testbed")
         model.reference_codes = _testbed_reference
         return model

@@ -34,7 +34,8 @@ from torch import nn
 from .base import Backend, Progress
 from .convert import transformers_to_audiocraft
 
-__all__ = ["TransformersBackend", "backend_from_composite", "backend_from_audiocraft", "TextEncoder", "T5TextEncoder", "AudiocraftTextEncoder", "Codec",
+__all__ = ["TransformersBackend", "backend_from_composite", "backend_from_audiocraft",
+           "backend_from_testbed", "TextEncoder", "T5TextEncoder", "AudiocraftTextEncoder", "Codec",
            "EncodecCodec", "AudiocraftCodec"]
 
 
@@ -58,14 +59,19 @@ class T5TextEncoder(TextEncoder):
     ``enc_to_dec_proj`` when widths differ, times the attention mask. A None prompt (and every row
     of the unconditional branch) is zeros with a zero mask."""
 
-    def __init__(self, text_encoder: nn.Module, tokenizer: Any, proj: nn.Module | None):
+    def __init__(self, text_encoder: nn.Module, tokenizer: Any, proj: nn.Module | None,
+                 reference: dict[str, torch.Tensor] | None = None):
         self.text_encoder, self.tokenizer, self.proj = text_encoder, tokenizer, proj
+        self.reference = reference
 
     def encode(self, prompts, *, null=False):
         texts = ["" if p is None else str(p) for p in prompts]
         tok = self.tokenizer(texts, return_tensors="pt", padding=True)
         device = next(self.text_encoder.parameters()).device
         ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+        if ids.shape[1] == 0:  # every prompt empty (a tokenizer without </s>): one masked slot
+            ids = torch.zeros(len(texts), 1, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
         with torch.no_grad():
             hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             if self.proj is not None:
@@ -78,6 +84,8 @@ class T5TextEncoder(TextEncoder):
         return (len(self.tokenizer("" if prompt is None else prompt)["input_ids"]),)
 
     def reference_state_dict(self):
+        if self.reference is not None:  # the weights this encoder was made from (audiocraft names)
+            return dict(self.reference)
         if self.proj is None:
             return {}
         return {f"enc_to_dec_proj.{k}": v for k, v in self.proj.state_dict().items()}
@@ -327,11 +335,14 @@ class TransformersBackend(Backend):
 
 
 def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: float = 30.0,
-                           defaults: dict[str, Any] | None = None) -> TransformersBackend:
+                           defaults: dict[str, Any] | None = None,
+                           text_reference: dict[str, torch.Tensor] | None = None) -> TransformersBackend:
     """The backend of a ``MusicgenForConditionalGeneration`` and its tokenizer.
 
     ``max_duration`` is 30 s, the clip length MusicGen was trained on; the defaults follow the
-    model's ``generation_config`` (guidance 3, top-k 250, sampling).
+    model's ``generation_config`` (guidance 3, top-k 250, sampling). ``text_reference``: the text
+    condition's weights under audiocraft's names, when the composite was made from an audiocraft
+    model (the testbed), so its fingerprint is the audiocraft model's.
     """
     dec_cfg, text_cfg = model.decoder.config, model.text_encoder.config
     proj = None
@@ -340,16 +351,35 @@ def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: fl
     gc = getattr(model, "generation_config", None)
     base = dict(top_k=min(int(getattr(gc, "top_k", None) or 250), int(dec_cfg.vocab_size)),
                 cfg_coef=float(getattr(gc, "guidance_scale", None) or 3.0),
+                temperature=float(getattr(gc, "temperature", None) or 1.0),
                 duration=min(15.0, max_duration))
     base.update(defaults or {})
-    return TransformersBackend(model.decoder, T5TextEncoder(model.text_encoder, tokenizer, proj),
+    return TransformersBackend(model.decoder, T5TextEncoder(model.text_encoder, tokenizer, proj,
+                                                            reference=text_reference),
                                EncodecCodec(model.audio_encoder), max_duration=max_duration,
                                defaults=base, composite=model)
 
 
+def backend_from_testbed(musicgen: Any) -> TransformersBackend:
+    """The testbed as a standard ``MusicgenForConditionalGeneration`` (T5 text encoder +
+    ``enc_to_dec_proj`` + decoder + EnCodec, :func:`mstools.testbed.hf_model.testbed_composite`):
+    what ``python -m mstools export`` writes, used as any transformers MusicGen."""
+    from ..testbed.hf_model import testbed_composite
+    from .audiocraft_backend import AudiocraftBackend
+    reference = AudiocraftBackend(musicgen)
+    model, processor = testbed_composite(musicgen)
+    device = reference.lm.emb[0].weight.device
+    text = {f"condition_provider.{k}": v
+            for k, v in musicgen.lm.condition_provider.state_dict().items()}
+    return backend_from_composite(model.to(device), processor.tokenizer,
+                                  max_duration=reference.max_duration,
+                                  defaults=dict(reference.defaults), text_reference=text)
+
+
 def backend_from_audiocraft(musicgen: Any) -> TransformersBackend:
-    """An audiocraft ``MusicGen`` (the testbed) on the transformers decoder: its LM's weights mapped
-    into a ``MusicgenForCausalLM``, its own conditioner as text encoder, its own codec."""
+    """An audiocraft ``MusicGen`` on the transformers decoder: its LM's weights mapped into a
+    ``MusicgenForCausalLM``, its own conditioner as text encoder, its own codec (the bridge for
+    layouts with no transformers text encoder, e.g. ``build_musicgen``'s LUT conditioner)."""
     from .audiocraft_backend import AudiocraftBackend
     from .convert import decoder_from_audiocraft
     reference = AudiocraftBackend(musicgen)
