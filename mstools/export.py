@@ -107,6 +107,12 @@ def export_transformers(out: str | Path, model: str = "testbed", *, check: bool 
     composite, processor = testbed_composite(musicgen)
     composite.save_pretrained(str(out), safe_serialization=True)
     processor.save_pretrained(str(out))
+    # name the tokenizer class by the name transformers 4 and 5 both resolve (5 writes its new
+    # "TokenizersBackend", unknown to 4); the tokenizer itself is tokenizer.json either way
+    tok_cfg = out / "tokenizer_config.json"
+    cfg = json.loads(tok_cfg.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_cfg.write_text(json.dumps(cfg, indent=2) + "\n")
     gen = composite.generation_config
     report: dict[str, Any] = {
         "model": "testbed", "format": "transformers",

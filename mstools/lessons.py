@@ -363,14 +363,15 @@ def text_conditioner(model: Any) -> str:
     """Name what turns a prompt into the condition the LM cross-attends to, on either backend.
 
     audiocraft: the classes of ``model.lm.condition_provider.conditioners``; transformers: the text
-    encoder feeding ``encoder_hidden_states`` (T5 for released checkpoints; for the testbed, its own
-    audiocraft word conditioner read by transformers' decoder).
+    encoder feeding ``encoder_hidden_states`` (T5 for released checkpoints and for the testbed, whose
+    word conditioner is written as a T5 encoder; an audiocraft conditioner for models built with
+    :func:`mstools.backends.transformers_backend.backend_from_audiocraft`).
 
     Returns:
         One line, e.g. ``"description: WordConditioner (audiocraft)"``.
 
     >>> text_conditioner(mstools.load_musicgen("testbed", backend="transformers"))   # doctest: +SKIP
-    'description: WordConditioner (audiocraft conditioner -> transformers encoder_hidden_states)'
+    'T5EncoderModel + enc_to_dec_proj (transformers encoder_hidden_states)'
     """
     backend = model.backend
     if backend.name == "audiocraft":
@@ -429,9 +430,9 @@ def backend_gap(model_a: Any, model_b: Any, codes: torch.Tensor, prompts: Sequen
 def untrained_testbed(seed: int = 0, backend: str = "audiocraft") -> Any:
     """The testbed's architecture with random weights (the untrained-model baseline), on ``backend``.
 
-    On ``"transformers"`` the random audiocraft LM's weights are mapped into transformers' decoder,
-    exactly as :func:`mstools.load_musicgen` does for the trained testbed, so both backends hold the
-    same untrained model (same fingerprint).
+    On ``"transformers"`` the random testbed becomes a ``MusicgenForConditionalGeneration`` exactly as
+    :func:`mstools.load_musicgen` makes the trained one, so both backends hold the same untrained
+    model (same fingerprint).
 
     Returns:
         :class:`mstools.hooked.HookedMusicGen` named ``"testbed-untrained"``.
@@ -444,6 +445,6 @@ def untrained_testbed(seed: int = 0, backend: str = "audiocraft") -> Any:
     from .testbed import build_testbed_musicgen
     source: Any = build_testbed_musicgen(seed=seed)
     if _check_backend(backend) == "transformers":
-        from .backends.transformers_backend import backend_from_audiocraft
-        source = backend_from_audiocraft(source)
+        from .backends.transformers_backend import backend_from_testbed
+        source = backend_from_testbed(source)
     return HookedMusicGen(source, name="testbed-untrained")

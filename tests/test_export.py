@@ -161,3 +161,60 @@ def test_export_command_writes_a_checked_folder(tmp_path):
     with pytest.raises(ValueError, match="testbed"):
         from mstools.export import export_transformers
         export_transformers(tmp_path / "x", model="facebook/musicgen-small")
+
+
+class _T5SlotConditioner:
+    """A T5 text conditioner on audiocraft's API: a transformers T5 encoder and tokenizer, prompts padded to fixed slots, T5 with its attention mask,
+    ``output_proj`` (Linear with bias), times the mask; the null condition is zeros."""
+
+    @staticmethod
+    def make(output_dim: int, slots: int = 16):
+        from audiocraft.modules.conditioners import TextConditioner
+        from transformers import T5Config, T5EncoderModel
+        from mstools.backends.hf_models import offline_tokenizer
+
+        class Conditioner(TextConditioner):
+            def __init__(self):
+                torch.manual_seed(3)
+                t5 = T5EncoderModel(T5Config(vocab_size=600, d_model=24, d_kv=8, d_ff=48, num_layers=2,
+                                             num_heads=3, dropout_rate=0.0, is_encoder_decoder=False))
+                super().__init__(24, output_dim)
+                self.t5, self.tokenizer, self.slots = t5.eval(), offline_tokenizer(600), slots
+                with torch.no_grad():
+                    self.output_proj.bias.normal_()
+
+            def tokenize(self, x):
+                ids = torch.zeros(len(x), self.slots, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, text in enumerate(x):
+                    if text is not None:
+                        tokens = self.tokenizer(text)["input_ids"]
+                        ids[row, :len(tokens)] = torch.tensor(tokens)
+                        mask[row, :len(tokens)] = 1
+                return {"input_ids": ids, "attention_mask": mask}
+
+            def forward(self, inputs):
+                hidden = self.t5(**inputs).last_hidden_state
+                mask = inputs["attention_mask"]
+                return self.output_proj(hidden) * mask[..., None], mask
+
+        return Conditioner()
+
+
+def test_a_t5_conditioner_testbed_is_one_model_on_both_backends():
+    """A testbed whose conditioner is a T5 encoder: the composite takes its T5,
+    tokenizer and output_proj, and mstools reads prompts as audiocraft does (fixed slots, no mask)."""
+    from mstools.backends.transformers_backend import backend_from_testbed
+    from mstools.hooked import HookedMusicGen
+    from mstools.testbed import build_testbed_musicgen
+    mg = build_testbed_musicgen(seed=0)
+    mg.lm.condition_provider.conditioners["description"] = _T5SlotConditioner.make(96)
+    ac = HookedMusicGen(mg, name="t5-testbed")
+    hf = HookedMusicGen(backend_from_testbed(mg), name="t5-testbed")
+    assert hf.backend.text.slots == 16 and ac.fingerprint == hf.fingerprint
+    prompts = ["fast rock with brass", None, "soft jazz"]
+    codes = torch.randint(0, 32, (3, 4, 20), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hf(codes, prompts), ac(codes, prompts), atol=1e-4, rtol=0)
+    oa = ac.generate(prompts, 2.0, seed=1, decode=False).codes
+    oh = hf.generate(prompts, 2.0, seed=1, decode=False).codes
+    assert torch.equal(oa, oh)

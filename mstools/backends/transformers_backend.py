@@ -2,10 +2,12 @@
 own ``generate``, behind the same hook names, shapes, steps and CFG layout as audiocraft.
 
 The decoder reads the text condition as ``encoder_hidden_states`` ``[B, L, D]``. Where they come
-from is a :class:`TextEncoder`: T5 + ``enc_to_dec_proj`` for released checkpoints
-(:class:`T5TextEncoder`, exactly what ``MusicgenForConditionalGeneration`` computes), or an
-audiocraft conditioner for the testbed (:class:`AudiocraftTextEncoder`). Audio goes through a
-:class:`Codec` (transformers' EnCodec, or the testbed's codec).
+from is a :class:`TextEncoder`: T5 + ``enc_to_dec_proj`` (:class:`T5TextEncoder`, exactly what
+``MusicgenForConditionalGeneration`` computes) for released checkpoints and for the testbed, which
+becomes a standard composite (:func:`backend_from_testbed`, :mod:`mstools.testbed.hf_model`); or an
+audiocraft conditioner (:class:`AudiocraftTextEncoder`) for audiocraft layouts with no transformers
+text encoder (:func:`backend_from_audiocraft`). Audio goes through a :class:`Codec` (transformers'
+EnCodec, or an audiocraft codec).
 
 Generation calls ``MusicgenForCausalLM.generate`` with the condition rows ``[cond B | uncond B]``
 (guidance doubles the batch, conditional rows first; unconditional rows are zeros with a zero mask,
@@ -60,13 +62,26 @@ class T5TextEncoder(TextEncoder):
     of the unconditional branch) is zeros with a zero mask."""
 
     def __init__(self, text_encoder: nn.Module, tokenizer: Any, proj: nn.Module | None,
-                 reference: dict[str, torch.Tensor] | None = None):
+                 reference: dict[str, torch.Tensor] | None = None, slots: int | None = None,
+                 check_prompt: Any = None):
         self.text_encoder, self.tokenizer, self.proj = text_encoder, tokenizer, proj
         self.reference = reference
+        self.slots = slots
+        self.check_prompt = check_prompt  # raises for a prompt the model's own conditioner refuses
 
     def encode(self, prompts, *, null=False):
+        """``slots`` set: audiocraft's reading of a T5 conditioner padded to fixed slots (pad to
+        ``slots``, zero the padding, no mask for the decoder: it attends to the zero slots)."""
         texts = ["" if p is None else str(p) for p in prompts]
-        tok = self.tokenizer(texts, return_tensors="pt", padding=True)
+        if self.check_prompt is not None:
+            for p in prompts:
+                if p is not None:
+                    self.check_prompt(str(p))
+        if self.slots:
+            tok = self.tokenizer(texts, return_tensors="pt", padding="max_length",
+                                 max_length=self.slots)
+        else:
+            tok = self.tokenizer(texts, return_tensors="pt", padding=True)
         device = next(self.text_encoder.parameters()).device
         ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
         if ids.shape[1] == 0:  # every prompt empty (a tokenizer without </s>): one masked slot
@@ -78,7 +93,8 @@ class T5TextEncoder(TextEncoder):
                 hidden = self.proj(hidden)
         keep = torch.tensor([p is not None and not null for p in prompts], device=device)
         mask = mask * keep[:, None].to(mask.dtype)
-        return hidden * mask[..., None].to(hidden.dtype), mask
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+        return hidden, (None if self.slots else mask)
 
     def token_lengths(self, prompt):
         return (len(self.tokenizer("" if prompt is None else prompt)["input_ids"]),)
@@ -336,13 +352,17 @@ class TransformersBackend(Backend):
 
 def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: float = 30.0,
                            defaults: dict[str, Any] | None = None,
-                           text_reference: dict[str, torch.Tensor] | None = None) -> TransformersBackend:
+                           text_reference: dict[str, torch.Tensor] | None = None,
+                           text_slots: int | None = None, check_prompt: Any = None
+                           ) -> TransformersBackend:
     """The backend of a ``MusicgenForConditionalGeneration`` and its tokenizer.
 
     ``max_duration`` is 30 s, the clip length MusicGen was trained on; the defaults follow the
     model's ``generation_config`` (guidance 3, top-k 250, sampling). ``text_reference``: the text
     condition's weights under audiocraft's names, when the composite was made from an audiocraft
-    model (the testbed), so its fingerprint is the audiocraft model's.
+    model (the testbed), so its fingerprint is the audiocraft model's. ``text_slots``: read prompts
+    as an audiocraft conditioner padded to that many unmasked slots does (see :class:`T5TextEncoder`).
+    ``check_prompt(text)``: raises for a prompt the model's own conditioner would refuse.
     """
     dec_cfg, text_cfg = model.decoder.config, model.text_encoder.config
     proj = None
@@ -355,7 +375,9 @@ def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: fl
                 duration=min(15.0, max_duration))
     base.update(defaults or {})
     return TransformersBackend(model.decoder, T5TextEncoder(model.text_encoder, tokenizer, proj,
-                                                            reference=text_reference),
+                                                            reference=text_reference,
+                                                            slots=text_slots,
+                                                            check_prompt=check_prompt),
                                EncodecCodec(model.audio_encoder), max_duration=max_duration,
                                defaults=base, composite=model)
 
@@ -363,17 +385,38 @@ def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: fl
 def backend_from_testbed(musicgen: Any) -> TransformersBackend:
     """The testbed as a standard ``MusicgenForConditionalGeneration`` (T5 text encoder +
     ``enc_to_dec_proj`` + decoder + EnCodec, :func:`mstools.testbed.hf_model.testbed_composite`):
-    what ``python -m mstools export`` writes, used as any transformers MusicGen."""
+    what ``python -m mstools export`` writes, used as any transformers MusicGen.
+
+    Prompts reach the decoder as audiocraft's conditioner gives them (fixed slots, no mask), so
+    both backends are one model. For the word testbed the exported tokenizer already fills the
+    slots, and transformers' own ``processor -> generate`` reads prompts the same way. A T5
+    conditioner padded to fixed slots whose tokenizer does not fill them is read with ``text_slots``
+    here, while transformers' own path masks the padding (the two agree only as far as the model
+    was trained to read both alike, e.g. with random padding).
+    """
     from ..testbed.hf_model import testbed_composite
+    from ..testbed.hf_text import fills_slots
     from .audiocraft_backend import AudiocraftBackend
     reference = AudiocraftBackend(musicgen)
     model, processor = testbed_composite(musicgen)
     device = reference.lm.emb[0].weight.device
     text = {f"condition_provider.{k}": v
             for k, v in musicgen.lm.condition_provider.state_dict().items()}
+    # a tokenizer that fills the conditioner's slots itself (the word testbed) makes transformers'
+    # masking read prompts as audiocraft does; otherwise mstools pads to the slots and does not mask
+    conditioner = musicgen.lm.condition_provider.conditioners["description"]
+    slots = int(getattr(conditioner, "slots", 0) or 0)
+    text_slots = None if not slots or fills_slots(processor.tokenizer, slots) else slots
+
+    def check_prompt(text: str) -> None:
+        # the same errors as on audiocraft (the word conditioner refuses unknown words and
+        # prompts longer than its slots; the exported tokenizer maps them to <unk> / more tokens)
+        conditioner.tokenize([text])
+
     return backend_from_composite(model.to(device), processor.tokenizer,
                                   max_duration=reference.max_duration,
-                                  defaults=dict(reference.defaults), text_reference=text)
+                                  defaults=dict(reference.defaults), text_reference=text,
+                                  text_slots=text_slots, check_prompt=check_prompt)
 
 
 def backend_from_audiocraft(musicgen: Any) -> TransformersBackend:

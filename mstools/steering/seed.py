@@ -32,7 +32,7 @@ Their schedule is a count of hook calls, not a function of the step: for one ste
 steps 23, 48, ... under ``MusicgenForConditionalGeneration.generate`` (whose first decoder call comes
 before step 0); with several layers the shared counter gives each layer its own phase.
 
->>> steering = seed_steering(vector, strength=0.5, every=25, offset=0)
+>>> steering = seed_steering(vector, strength=0.5, every=25, offset=0)      # doctest: +SKIP
 >>> with apply_setting(model, steering):                       # doctest: +SKIP
 ...     out = model.generate(["jazz"], duration=6)
 """

@@ -16,7 +16,7 @@ Words are split on anything but letters and digits (the word conditioner's rule)
 to ``<unk>``, whose vector is zero like a padding slot, so it is ignored (audiocraft's word conditioner
 raises instead); a prompt of more than ``slots`` words is not cut (audiocraft raises).
 
-The word conditioner (v1) is exactly a T5 encoder with no blocks: embedding look-up, then T5's RMS
+The word conditioner is exactly a T5 encoder with no blocks: embedding look-up, then T5's RMS
 norm. :func:`word_conditioner_as_t5` writes it so (two extra embedding dimensions give every row the
 same RMS, so the norm is a constant scale the conversion undoes, and carry the cancellation of the
 projection's bias on ``<pad>`` / ``<unk>``). A testbed whose conditioner already is a T5 encoder saved
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 __all__ = ["SPECIALS", "fixed_slot_tokenizer", "word_conditioner_as_t5", "testbed_text_encoder",
-           "TEXT_ENCODER_DIR"]
+           "fills_slots", "TEXT_ENCODER_DIR"]
 
 #: T5's special tokens, in id order.
 SPECIALS = ("<pad>", "</s>", "<unk>")
@@ -117,27 +117,40 @@ def word_conditioner_as_t5(conditioner: nn.Module) -> tuple[Any, Any, nn.Linear]
     return t5, fixed_slot_tokenizer(words, int(conditioner.slots)), proj
 
 
+def fills_slots(tokenizer: Any, slots: int) -> bool:
+    """Whether ``tokenizer`` itself gives every short prompt ``slots`` tokens with mask 1 (then
+    transformers' padding and masking read a prompt exactly as audiocraft's unmasked slots do)."""
+    out = tokenizer(["a", ""], padding=True)
+    return len(out["input_ids"][0]) == slots and all(out["attention_mask"][0])
+
+
 def testbed_text_encoder(musicgen: Any, weights_dir: str | Path | None = None
                          ) -> tuple[Any, Any, nn.Linear]:
     """``(T5EncoderModel, tokenizer, enc_to_dec_proj)`` of a testbed MusicGen's text condition.
 
-    A word conditioner is converted (:func:`word_conditioner_as_t5`); otherwise the T5 encoder and
-    tokenizer saved in ``weights_dir / "text_encoder"`` are loaded and the conditioner's
-    ``output_proj`` becomes ``enc_to_dec_proj``.
+    A word conditioner is converted (:func:`word_conditioner_as_t5`). A conditioner that holds a
+    transformers T5 encoder and tokenizer (attributes ``t5`` and ``tokenizer``) gives
+    copies of them; otherwise they are loaded from ``weights_dir / "text_encoder"``. The
+    conditioner's ``output_proj`` becomes ``enc_to_dec_proj``.
     """
+    import copy
     from .conditioner import WordConditioner
     conditioner = musicgen.lm.condition_provider.conditioners["description"]
     if isinstance(conditioner, WordConditioner):
         return word_conditioner_as_t5(conditioner)
-    from transformers import AutoTokenizer, T5EncoderModel
-    from .model import WEIGHTS_DIR
-    folder = Path(weights_dir or WEIGHTS_DIR) / TEXT_ENCODER_DIR
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"the testbed's conditioner is a {type(conditioner).__name__}, not a "
-                                f"word conditioner, and {folder} holds no T5 encoder (config.json)")
-    t5 = T5EncoderModel.from_pretrained(str(folder), use_safetensors=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if hasattr(conditioner, "t5") and hasattr(conditioner, "tokenizer"):
+        t5 = copy.deepcopy(conditioner.t5).cpu().eval()
+        tokenizer = copy.deepcopy(conditioner.tokenizer)
+    else:
+        from transformers import AutoTokenizer, T5EncoderModel
+        from .model import WEIGHTS_DIR
+        folder = Path(weights_dir or WEIGHTS_DIR) / TEXT_ENCODER_DIR
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"the testbed's conditioner is a {type(conditioner).__name__}, "
+                                    f"not a word conditioner, and {folder} holds no T5 encoder")
+        t5 = T5EncoderModel.from_pretrained(str(folder), use_safetensors=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     lin = conditioner.output_proj
     proj = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
     proj.load_state_dict(lin.state_dict())
-    return t5, tokenizer, proj
+    return t5, tokenizer, proj.to(next(t5.parameters()).device)
