@@ -218,3 +218,18 @@ def test_a_t5_conditioner_testbed_is_one_model_on_both_backends():
     oa = ac.generate(prompts, 2.0, seed=1, decode=False).codes
     oh = hf.generate(prompts, 2.0, seed=1, decode=False).codes
     assert torch.equal(oa, oh)
+
+
+def test_encoder_head_training_runs_and_the_shipped_head_is_recorded():
+    import json as _json
+    from mstools.testbed.codec import SynthCodec
+    from mstools.testbed.model import WEIGHTS_DIR
+    from mstools.testbed.train_encodec import HEAD_MANIFEST, sample_frames, train
+    frames, tokens = sample_frames(SynthCodec(), 64, torch.Generator().manual_seed(0), grammar_share=1.0)
+    assert frames.shape == (64, 1600) and int(tokens[:, 0].max()) < 24 and int(tokens[:, 1].max()) < 8
+    held = tokens[:, 1] % 2 == 1
+    assert bool((tokens[held, 2] == 0).all()) and bool((tokens[~held, 2] >= 1).all())
+    head, info = train(steps=3, log=False)
+    assert info["steps"] == 3 and head(frames).shape == (64, 4, 32)
+    shipped = _json.loads((WEIGHTS_DIR / HEAD_MANIFEST).read_text())
+    assert shipped["accuracy_grammar_frames"] == [1.0, 1.0, 1.0, 1.0]
