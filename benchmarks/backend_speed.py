@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     from mstools.model.hooked import HookedMusicGen
     from mstools.steering import SteeringVector, apply
     ac = load_model(args.scale)
-    hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)
+    if args.scale == "testbed":  # the testbed's transformers form: the exported composite
+        from mstools.model.loading import testbed_on_transformers
+        hf = HookedMusicGen(testbed_on_transformers(ac.musicgen), name=ac.model_name)
+    else:
+        hf = HookedMusicGen(backend_from_audiocraft(ac.musicgen), name=ac.model_name)
     assert hf.fingerprint == ac.fingerprint
     if hasattr(ac, "reference_clips"):  # the testbed's clips for activation norms
         hf.reference_clips = ac.reference_clips

@@ -214,3 +214,10 @@ library_special_token = _per_backend({
     "audiocraft": lambda model: int(model.musicgen.lm.special_token_id),
     "transformers": lambda model: int(model.backend.decoder.config.pad_token_id),
 })
+
+
+@pytest.fixture(scope="session")
+def exported_testbed(tmp_path_factory: pytest.TempPathFactory):
+    """The testbed written by ``python -m mstools export --format transformers`` (once per session)."""
+    from mstools.apps.export import export_transformers
+    return export_transformers(tmp_path_factory.mktemp("export") / "testbed-hf", check=False)

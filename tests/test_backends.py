@@ -100,7 +100,8 @@ def test_generation_gives_the_same_codes(pair, params):
     assert oa.codes.shape == oh.codes.shape == (3, 4, 30)
     if params:
         assert torch.equal(oa.codes, oh.codes)
-        torch.testing.assert_close(oh.audio, oa.audio)
+        # transformers decodes with the testbed's EnCodec: the synth to float rounding (~80 dB SNR)
+        torch.testing.assert_close(oh.audio, oa.audio, atol=1e-4, rtol=0)
     else:  # same seed, same distributions: draws agree unless rounding crosses a boundary
         assert (oa.codes == oh.codes).float().mean() > 0.95
 

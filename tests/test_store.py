@@ -3,7 +3,6 @@
 References are independent of the store: the tensors the test generated itself (compared bit for
 bit), hashlib on the files, and a store written in one uninterrupted run by a single writer.
 """
-import hashlib
 import json
 import multiprocessing as mp
 import os

@@ -41,7 +41,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from mstools.apps import commands, demo
+from mstools.apps import commands, demo, export
 from mstools.core.errors import BadInputError, MissingWeightsError, MstoolsError, is_bad_input  # noqa: F401
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
@@ -64,6 +64,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("hooks", "print the model's hook points", commands.configure_hooks, commands.run_hooks),
     Command("demo", "run the whole method on the testbed and write an HTML report",
             demo.configure, demo.run),
+    Command("export", "write the model as a standard Hugging Face transformers folder",
+            export.configure, export.run),
 )
 
 

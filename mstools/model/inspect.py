@@ -84,8 +84,9 @@ def text_conditioner(model: Any) -> str:
     """Name what turns a prompt into the condition the LM cross-attends to, on either backend.
 
     audiocraft: the classes of ``model.lm.condition_provider.conditioners``; transformers: the text
-    encoder feeding ``encoder_hidden_states`` (T5 for released checkpoints; for the testbed, its own
-    audiocraft word conditioner read by transformers' decoder).
+    encoder feeding ``encoder_hidden_states`` (T5 for released checkpoints and for the testbed;
+    an audiocraft conditioner for models built with
+    :func:`mstools.model.backends.transformers_backend.backend_from_audiocraft`).
 
     Returns:
         One line, e.g. ``"description: WordConditioner (audiocraft)"``.

@@ -104,10 +104,49 @@ def _testbed(trained: bool, seed: int, device: torch.device, backend: str) -> Ho
     source: Any = mg
     if backend == "transformers":
         # lazy: transformers is only needed on this backend
-        from mstools.model.backends.transformers_backend import backend_from_audiocraft
-        source = backend_from_audiocraft(mg)
+        source = testbed_on_transformers(mg)
     return HookedMusicGen(source, name="testbed" if trained else "testbed-untrained",
                           reference_clips=testbed.reference_clips, scorer=testbed.score)
+
+
+def testbed_on_transformers(musicgen: Any) -> Any:
+    """The testbed as a standard ``MusicgenForConditionalGeneration`` (T5 text encoder +
+    ``enc_to_dec_proj`` + decoder + EnCodec, :func:`mstools.model.composite.testbed_composite`):
+    what ``python -m mstools export`` writes, used as any transformers MusicGen.
+
+    Prompts reach the decoder as audiocraft's conditioner gives them (fixed slots, no mask), so
+    both backends are one model. For the word testbed the exported tokenizer already fills the
+    slots, and transformers' own ``processor -> generate`` reads prompts the same way. A T5
+    conditioner padded to fixed slots whose tokenizer does not fill them is read with ``text_slots``
+    here, while transformers' own path masks the padding (the two agree only as far as the model
+    was trained to read both alike, e.g. with random padding).
+    """
+    # lazy: transformers and the testbed's composite build load only on this path
+    from mstools.model.backends.audiocraft_backend import AudiocraftBackend
+    from mstools.model.backends.transformers_backend import backend_from_composite
+    from mstools.model.composite import testbed_composite
+    from mstools.testbed.hf_text import fills_slots
+    reference = AudiocraftBackend(musicgen)
+    model, processor = testbed_composite(musicgen)
+    device = reference.lm.emb[0].weight.device
+    text = {f"condition_provider.{k}": v
+            for k, v in musicgen.lm.condition_provider.state_dict().items()}
+    # a tokenizer that fills the conditioner's slots itself (the word testbed) makes transformers'
+    # masking read prompts as audiocraft does; otherwise mstools pads to the slots and does not mask
+    conditioner = musicgen.lm.condition_provider.conditioners["description"]
+    slots = int(getattr(conditioner, "slots", 0) or 0)
+    text_slots = None if not slots or fills_slots(processor.tokenizer, slots) else slots
+
+    def check_prompt(text: str) -> None:
+        # the same errors as on audiocraft (the word conditioner refuses unknown words and
+        # prompts longer than its slots; the exported tokenizer maps them to <unk> / more tokens)
+        conditioner.tokenize([text])
+
+    return backend_from_composite(model.to(device), processor.tokenizer,
+                                  max_duration=reference.max_duration,
+                                  defaults=dict(reference.defaults), text_reference=text,
+                                  text_slots=text_slots, check_prompt=check_prompt)
+
 
 
 def build_musicgen(scale: str = "tiny", seed: int = 0, *, max_duration: float = 30.0,

@@ -182,6 +182,11 @@ def seed_mix_operator() -> Operator:
     ``v`` is normalised to unit norm first (``v̂ = v / ||v||``), so the added term has the row's own
     norm and ``a`` is a mixing ratio (``a = 1``: half the row, half the direction at the row's norm).
     Needs ``a > -1``.
+
+    This is the formula of the released code's hook, which applies it per token to the conditional
+    rows only, on every 25th hook call (one counter for all steered layers) and with the probe of
+    two layers earlier: use it with ``branch="cond"``, :func:`~mstools.steering.schedules.hook_calls`
+    and :func:`~mstools.steering.seed.seed_vector` (all three: :func:`~mstools.steering.seed.seed_steering`).
     """
     return Operator("seed_mix", _seed_mix, unit_direction=True, min_strength=-1.0)
 

@@ -12,9 +12,16 @@ Time boundaries are compared with a tolerance of 1 µs (``EPS``), far below any 
 step whose float32 time is 4.9999999 counts as being at 5.0 s.
 
 Factories: :func:`constant`, :func:`window`, :func:`periodic`, :func:`decay`, :func:`crossfade`,
-:func:`from_callable`; :func:`as_schedule` turns ``None`` / a number / ``(t0, t1)`` / a callable
-into a schedule. Schedules multiply (``window(5, None) * periodic(25)``: every 25th step after 5 s,
-the seed paper's genre fusion) and have a readable ``repr`` for result tables.
+:func:`from_callable`, :func:`hook_calls`; :func:`as_schedule` turns ``None`` / a number / ``(t0, t1)``
+/ a callable into a schedule. Schedules multiply (``window(5, None) * periodic(25)``: every 25th step
+after 5 s) and have a readable ``repr`` for result tables.
+
+The seed paper's released code does not steer every 25th *step*: its hooks steer on every 25th *call*,
+counted by one counter that every steered layer increments and that starts at an offset.
+:func:`hook_calls` counts the same way (one counter per schedule object, shared by every hook that uses
+it); :func:`periodic` is a function of the step and equals it only in special cases (one steered
+layer: ``periodic(25, phase=24)`` with ``offset=0`` under a decoder-only generate, phase 23 under
+``MusicgenForConditionalGeneration.generate``; with several layers each layer gets its own phase).
 
 >>> import torch
 >>> steps = torch.arange(6)
@@ -49,6 +56,8 @@ __all__ = [
     "crossfade",
     "from_callable",
     "as_schedule",
+    "hook_calls",
+    "HookCalls",
 ]
 
 #: Tolerance (seconds) when comparing a position's time with a boundary.
@@ -142,7 +151,10 @@ def window(t0: float, t1: float | None = None) -> Schedule:
 def periodic(every: int, phase: int = 0, width: int = 1) -> Schedule:
     """1 on steps where ``(step - phase) % every < width``, else 0 (counted in steps, not seconds).
 
-    The seed paper's released code steered only every 25th forward call: ``periodic(25)``.
+    Not the seed paper's schedule, which counts hook calls (:func:`hook_calls`); for one steered layer
+    and ``offset=0`` theirs is ``periodic(25, phase=24)`` under a decoder-only generate and
+    ``periodic(25, phase=23)`` under ``MusicgenForConditionalGeneration.generate`` (which runs the
+    decoder once more before the first step).
     """
     every = _int("periodic 'every'", every, 1)
     if isinstance(phase, bool) or not isinstance(phase, numbers.Integral):
@@ -260,3 +272,60 @@ def as_schedule(x: Any) -> Schedule:
         return from_callable(x)
     raise TypeError(f"cannot make a schedule from {type(x).__name__} {x!r}; pass None, a number, "
                     f"(t0, t1), a Schedule, or a function of seconds")
+
+
+class HookCalls(Schedule):
+    """A schedule that counts its own calls: see :func:`hook_calls`. Stateful (``count``)."""
+
+    def __init__(self, every: int, offset: int):
+        every = _int("hook_calls 'every'", every, 1)
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+            raise ValueError(f"hook_calls 'offset' must be an integer, got {offset!r}")
+        state = {"count": int(offset)}
+
+        def fn(t: Tensor, s: Tensor) -> Tensor:
+            state["count"] += 1
+            return torch.full_like(t, 1.0 if state["count"] % every == 0 else 0.0)
+
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "every", every)
+        object.__setattr__(self, "offset", int(offset))
+        super().__init__(fn, f"hook_calls(every={every}, offset={int(offset)})")
+
+    @property
+    def count(self) -> int:
+        """The counter: ``offset`` plus the calls so far."""
+        return int(self._state["count"])
+
+    def reset(self) -> "HookCalls":
+        """Set the counter back to ``offset`` (e.g. before the next generation)."""
+        self._state["count"] = self.offset
+        return self
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+
+def hook_calls(every: int = 25, offset: int = 0) -> HookCalls:
+    """The seed paper's schedule: 1 on every ``every``-th call, counting calls, else 0.
+
+    Each call (one forward pass of one steered hook: a generation step, or a whole prompt or
+    teacher-forced sequence at once) adds 1 to a counter that starts at ``offset``; the call is steered
+    (weight 1 on all its positions) when the counter is a multiple of ``every``, as the released code's
+    ``self.count += 1; if self.count % self.freq == 0`` (``freq`` = 25, ``count`` starting at
+    ``offset``). **One counter per schedule object**, shared by every hook (layer) that uses it, as the
+    released code shares ``self.count`` across layers; so the same object steers layer 3 and layer 5 on
+    different steps. The counter persists across generations: make a new schedule or call
+    :meth:`HookCalls.reset` before each one. A product with another schedule (``window(...) *
+    hook_calls(25)``) still counts every call.
+
+    >>> import torch
+    >>> sched = hook_calls(every=3, offset=1)
+    >>> [sched(torch.zeros(1), torch.zeros(1, dtype=torch.long)).item() for _ in range(6)]
+    [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    """
+    return HookCalls(every, offset)
+

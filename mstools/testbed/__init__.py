@@ -6,6 +6,9 @@
 - :mod:`.model`        ``build_testbed_musicgen`` (random weights) / ``load_testbed_musicgen`` (trained)
 - :mod:`.score`        ``score``: labels and log-likelihood of codes under the grammar itself
 - :mod:`.train`        ``python -m mstools.testbed.train``;  :mod:`.evaluate_testbed` measures adherence
+- :mod:`.hf_model`     the testbed as a transformers ``MusicgenForConditionalGeneration`` (``python -m
+  mstools export``): :mod:`.hf_text` (T5 text encoder + tokenizer), :mod:`.hf_codec` (EnCodec that
+  decodes as ``SynthCodec``; its encoder head: ``python -m mstools.testbed.train_encodec``)
 
 Example:
 

@@ -9,7 +9,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -157,7 +156,7 @@ def test_old_format_store_is_upgraded_by_merge(built, store):
 
 def test_stale_temp_files_and_locks(tiny, built, store):
     (store.path / ".rank000-00009.safetensors.123.tmp").write_bytes(b"half a shard")
-    with store.writer(rank=0) as w:
+    with store.writer(rank=0):
         with pytest.raises(StoreError, match="held by another writer"):
             store.writer(rank=0)
         assert list(store.path.glob(".rank000.lock"))

@@ -404,8 +404,16 @@ def fit_seed_recipe(
     seed: int = 0,
     layer_chunk: int | None = None,
 ) -> LinearFit:
-    """The seed paper's probe, every layer in one call: bias-free linear map on L2-normalised inputs,
-    MSE onto ±1 targets, Adam(lr), mini-batches of ``batch_size``, ``epochs`` epochs.
+    """mstools' reading of the seed paper's probe, every layer in one call: bias-free linear map on
+    L2-normalised inputs, MSE onto ±1 one-hot targets, Adam(lr), mini-batches of ``batch_size``,
+    ``epochs`` epochs.
+
+    An interpretation, not a reproduction: the released 4-class MSE probe code does not run as
+    released, and the released probe weights came from a notebook that regressed every one of the four
+    outputs onto the class index (broadcast to all four columns) and read one column for all 24
+    layers. The ±1 one-hot targets here are what a working 4-class MSE probe would fit. Note also that
+    the released steering applies the probe fit on ``hidden_states[i - 1]`` at the output of layer
+    ``i`` (:mod:`mstools.steering.seed`, ``seed_layer_shift``).
 
     Identical (up to float rounding) to fitting each layer alone with ``nn.Linear(D, K, bias=False)``,
     ``torch.optim.Adam`` and ``nn.MSELoss()``: the per-layer losses are summed (their gradients do not

@@ -2,10 +2,12 @@
 own ``generate``, behind the same hook names, shapes, steps and CFG layout as audiocraft.
 
 The decoder reads the text condition as ``encoder_hidden_states`` ``[B, L, D]``. Where they come
-from is a :class:`TextEncoder`: T5 + ``enc_to_dec_proj`` for released checkpoints
-(:class:`T5TextEncoder`, exactly what ``MusicgenForConditionalGeneration`` computes), or an
-audiocraft conditioner for the testbed (:class:`AudiocraftTextEncoder`). Audio goes through a
-:class:`Codec` (transformers' EnCodec, or the testbed's codec).
+from is a :class:`TextEncoder`: T5 + ``enc_to_dec_proj`` (:class:`T5TextEncoder`, exactly what
+``MusicgenForConditionalGeneration`` computes) for released checkpoints and for the testbed, which
+becomes a standard composite (:func:`mstools.model.loading.testbed_on_transformers`, :mod:`mstools.model.composite`); or an
+audiocraft conditioner (:class:`AudiocraftTextEncoder`) for audiocraft layouts with no transformers
+text encoder (:func:`backend_from_audiocraft`). Audio goes through a :class:`Codec` (transformers'
+EnCodec, or an audiocraft codec).
 
 Generation calls ``MusicgenForCausalLM.generate`` with the condition rows ``[cond B | uncond B]``
 (guidance doubles the batch, conditional rows first; unconditional rows are zeros with a zero mask,
@@ -35,7 +37,8 @@ from mstools.model.backends.audiocraft_backend import AudiocraftBackend, token_l
 from mstools.model.backends.base import Backend, Progress
 from mstools.model.backends.convert import decoder_from_audiocraft, transformers_to_audiocraft
 
-__all__ = ["TransformersBackend", "backend_from_composite", "backend_from_audiocraft", "TextEncoder", "T5TextEncoder", "AudiocraftTextEncoder", "Codec",
+__all__ = ["TransformersBackend", "backend_from_composite", "backend_from_audiocraft",
+           "TextEncoder", "T5TextEncoder", "AudiocraftTextEncoder", "Codec",
            "EncodecCodec", "AudiocraftCodec"]
 
 
@@ -59,26 +62,47 @@ class T5TextEncoder(TextEncoder):
     ``enc_to_dec_proj`` when widths differ, times the attention mask. A None prompt (and every row
     of the unconditional branch) is zeros with a zero mask."""
 
-    def __init__(self, text_encoder: nn.Module, tokenizer: Any, proj: nn.Module | None):
+    def __init__(self, text_encoder: nn.Module, tokenizer: Any, proj: nn.Module | None,
+                 reference: dict[str, torch.Tensor] | None = None, slots: int | None = None,
+                 check_prompt: Any = None):
         self.text_encoder, self.tokenizer, self.proj = text_encoder, tokenizer, proj
+        self.reference = reference
+        self.slots = slots
+        self.check_prompt = check_prompt  # raises for a prompt the model's own conditioner refuses
 
     def encode(self, prompts, *, null=False):
+        """``slots`` set: audiocraft's reading of a T5 conditioner padded to fixed slots (pad to
+        ``slots``, zero the padding, no mask for the decoder: it attends to the zero slots)."""
         texts = ["" if p is None else str(p) for p in prompts]
-        tok = self.tokenizer(texts, return_tensors="pt", padding=True)
+        if self.check_prompt is not None:
+            for p in prompts:
+                if p is not None:
+                    self.check_prompt(str(p))
+        if self.slots:
+            tok = self.tokenizer(texts, return_tensors="pt", padding="max_length",
+                                 max_length=self.slots)
+        else:
+            tok = self.tokenizer(texts, return_tensors="pt", padding=True)
         device = next(self.text_encoder.parameters()).device
         ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+        if ids.shape[1] == 0:  # every prompt empty (a tokenizer without </s>): one masked slot
+            ids = torch.zeros(len(texts), 1, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
         with torch.no_grad():
             hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             if self.proj is not None:
                 hidden = self.proj(hidden)
         keep = torch.tensor([p is not None and not null for p in prompts], device=device)
         mask = mask * keep[:, None].to(mask.dtype)
-        return hidden * mask[..., None].to(hidden.dtype), mask
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+        return hidden, (None if self.slots else mask)
 
     def token_lengths(self, prompt):
         return (len(self.tokenizer("" if prompt is None else prompt)["input_ids"]),)
 
     def reference_state_dict(self):
+        if self.reference is not None:  # the weights this encoder was made from (audiocraft names)
+            return dict(self.reference)
         if self.proj is None:
             return {}
         return {f"enc_to_dec_proj.{k}": v for k, v in self.proj.state_dict().items()}
@@ -327,11 +351,18 @@ class TransformersBackend(Backend):
 
 
 def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: float = 30.0,
-                           defaults: dict[str, Any] | None = None) -> TransformersBackend:
+                           defaults: dict[str, Any] | None = None,
+                           text_reference: dict[str, torch.Tensor] | None = None,
+                           text_slots: int | None = None, check_prompt: Any = None
+                           ) -> TransformersBackend:
     """The backend of a ``MusicgenForConditionalGeneration`` and its tokenizer.
 
     ``max_duration`` is 30 s, the clip length MusicGen was trained on; the defaults follow the
-    model's ``generation_config`` (guidance 3, top-k 250, sampling).
+    model's ``generation_config`` (guidance 3, top-k 250, sampling). ``text_reference``: the text
+    condition's weights under audiocraft's names, when the composite was made from an audiocraft
+    model (the testbed), so its fingerprint is the audiocraft model's. ``text_slots``: read prompts
+    as an audiocraft conditioner padded to that many unmasked slots does (see :class:`T5TextEncoder`).
+    ``check_prompt(text)``: raises for a prompt the model's own conditioner would refuse.
     """
     dec_cfg, text_cfg = model.decoder.config, model.text_encoder.config
     proj = None
@@ -340,16 +371,21 @@ def backend_from_composite(model: nn.Module, tokenizer: Any, *, max_duration: fl
     gc = getattr(model, "generation_config", None)
     base = dict(top_k=min(int(getattr(gc, "top_k", None) or 250), int(dec_cfg.vocab_size)),
                 cfg_coef=float(getattr(gc, "guidance_scale", None) or 3.0),
+                temperature=float(getattr(gc, "temperature", None) or 1.0),
                 duration=min(15.0, max_duration))
     base.update(defaults or {})
-    return TransformersBackend(model.decoder, T5TextEncoder(model.text_encoder, tokenizer, proj),
+    return TransformersBackend(model.decoder, T5TextEncoder(model.text_encoder, tokenizer, proj,
+                                                            reference=text_reference,
+                                                            slots=text_slots,
+                                                            check_prompt=check_prompt),
                                EncodecCodec(model.audio_encoder), max_duration=max_duration,
                                defaults=base, composite=model)
 
 
 def backend_from_audiocraft(musicgen: Any) -> TransformersBackend:
-    """An audiocraft ``MusicGen`` (the testbed) on the transformers decoder: its LM's weights mapped
-    into a ``MusicgenForCausalLM``, its own conditioner as text encoder, its own codec."""
+    """An audiocraft ``MusicGen`` on the transformers decoder: its LM's weights mapped into a
+    ``MusicgenForCausalLM``, its own conditioner as text encoder, its own codec (the bridge for
+    layouts with no transformers text encoder, e.g. ``build_musicgen``'s LUT conditioner)."""
     reference = AudiocraftBackend(musicgen)
     decoder = decoder_from_audiocraft(musicgen.lm).to(reference.lm.emb[0].weight.device)
     return TransformersBackend(decoder, AudiocraftTextEncoder(musicgen),
