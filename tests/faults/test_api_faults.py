@@ -34,7 +34,7 @@ def tiny():
 def built(tiny, tmp_path_factory):
     """A store of 24 clips in 6 shards, and a pristine copy to compare with after repairs."""
     root = tmp_path_factory.mktemp("store")
-    store = cache_activations(tiny, testbed_clips(24, 1.0, seed=3), root / "s", HOOK, batch_size=4,
+    cache_activations(tiny, testbed_clips(24, 1.0, seed=3), root / "s", HOOK, batch_size=4,
                               shard_rows=4, progress=False)
     shutil.copytree(root / "s", root / "pristine")
     return root
