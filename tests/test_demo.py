@@ -55,7 +55,7 @@ def test_backend_option_reaches_the_models(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "demo_models", spy)
     with pytest.raises(Stop):
-        main(["demo", "--out", str(tmp_path), "--quick", "--backend", "transformers", "--threads", "1"])
+        main(["--debug", "demo", "--out", str(tmp_path), "--quick", "--backend", "transformers", "--threads", "1"])
     model, untrained = seen["models"]
     assert (model.backend_name, untrained.backend_name) == ("transformers", "transformers")
     assert type(model.lm).__name__ == "MusicgenForCausalLM"

@@ -353,6 +353,14 @@ def test_writer_and_create_errors(tmp_path):
     store = make_store(tmp_path / "s")
     with pytest.raises(StoreError, match="already exists"):
         make_store(tmp_path / "s")
+    # an empty store takes another configuration (nothing is lost); one with rows refuses it
+    other = ActivationStore.create(tmp_path / "s", fingerprint="other", hooks=SHAPES, pooling="mean",
+                                   num_codebooks=4, frame_rate=10.0, meta={"text": "unit test"},
+                                   exist_ok=True)
+    assert other.fingerprint == "other"
+    store = make_store(tmp_path / "s", exist_ok=True)
+    with store.writer(shard_rows=4) as w:
+        write(w, [7])
     with pytest.raises(StoreError, match="model: the store has"):
         ActivationStore.create(tmp_path / "s", fingerprint="other", hooks=SHAPES, pooling="mean",
                                num_codebooks=4, frame_rate=10.0, meta={"text": "unit test"},

@@ -447,7 +447,7 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
 
 def _complete(store: ActivationStore, source: Iterable[Item], done: set) -> bool:
     """Every clip of the source is stored and merged, in the source's order."""
-    if store._unmerged_shards():
+    if store._unmerged_shards() or (hasattr(source, "__len__") and len(done) < len(source)):
         return False
     ids = [it.clip_id for it in source]
     if not set(ids) <= done:

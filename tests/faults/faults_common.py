@@ -1,6 +1,7 @@
 """Helpers of the fault-injection suite: store comparison and small filesystems."""
 from __future__ import annotations
 
+import atexit
 import subprocess
 import uuid
 from pathlib import Path
@@ -42,6 +43,8 @@ def mount_tmpfs(where: Path, size: str) -> Path:
 _MOUNTS: list[Path] = []
 
 
+@atexit.register
 def unmount_all() -> None:
+    """Unmount every tmpfs this session mounted (at exit)."""
     while _MOUNTS:
         subprocess.run(["umount", "-l", str(_MOUNTS.pop())], capture_output=True)
