@@ -32,6 +32,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from mstools.core import threads
 from mstools.core.errors import BadInputError
 from mstools.core.names import NamesFilter, expand_names, kind_of, resolve_names, spec_for
 from mstools.model.backends.audiocraft_backend import AudiocraftBackend
@@ -97,6 +98,9 @@ class HookedMusicGen(HookedRootModule):
     Attributes:
         mean_norm_cache: ``{hook: mean L2 norm}`` measured on the reference clips by
             :func:`mstools.steering.mean_norms` (cleared by :meth:`clear_caches`).
+        threads: CPU threads torch uses inside this model's calls (:mod:`mstools.core.threads`):
+            ``"auto"`` (1 for small models such as the testbed, torch's setting for large ones),
+            an integer, or None (leave torch alone).
 
     The same names, shapes, CFG-branch rows and step/frame/second indices in every backend.
     Main methods: :meth:`hooks` (context manager), :meth:`run_with_hooks`, :meth:`run_with_cache`
@@ -136,6 +140,8 @@ class HookedMusicGen(HookedRootModule):
         self.reference_clips = reference_clips
         self.scorer = scorer
         self.mean_norm_cache: dict[str, float] = {}
+        self.threads: threads.Policy = threads.default_policy()
+        self._n_params = sum(p.numel() for p in self.lm.parameters())
         self._fingerprint: str | None = None
 
     def clear_caches(self) -> None:
@@ -372,7 +378,12 @@ class HookedMusicGen(HookedRootModule):
             logits [B, K, T + K - 1, card]: step ``s`` predicts step ``s + 1`` of the delay pattern.
         """
         seq = self.to_sequence(codes)
-        return self.backend.logits(seq, self._prompts(prompts, seq.shape[0]))
+        with self.using_threads():
+            return self.backend.logits(seq, self._prompts(prompts, seq.shape[0]))
+
+    def using_threads(self) -> Any:
+        """A context that runs torch with this model's thread policy (see :attr:`threads`)."""
+        return threads.using_threads(threads.resolve(self.threads, self._n_params))
 
     def run_with_cache(self, codes: torch.Tensor, prompts: Sequence[str | None] | None = None, *,
                        names_filter: NamesFilter = None, device: str | torch.device | None = None,
@@ -522,7 +533,7 @@ class HookedMusicGen(HookedRootModule):
             if seed is not None:
                 torch.manual_seed(seed)
             # both backends run [cond | uncond] rows in one batch under guidance
-            with self.hooks(hooks), self.cfg_layout(batch):
+            with self.hooks(hooks), self.cfg_layout(batch), self.using_threads():
                 codes, audio = self.backend.generate(prompts, float(duration), params,
                                                      audio_prompt=prompt_audio, decode=decode,
                                                      progress=on_progress)
