@@ -221,7 +221,8 @@ def run_patched(model: Any, clean_codes: torch.Tensor, corrupted_codes: torch.Te
     Returns:
         logits ``[2 + P, B, K, S, card]``: index 0 clean, 1 corrupted, ``2 + j`` patch ``j``.
 
-    >>> logits = run_patched(model, jazz_codes, rock_codes, [Patch("blocks.0.hook_resid_pre")])
+    >>> logits = run_patched(model, codes, codes.flip(0), [Patch("blocks.0.hook_resid_pre")],
+    ...                      clean_prompts=prompts, corrupted_prompts=prompts)
     >>> torch.equal(logits[2], logits[0])          # everything patched at the input: clean
     True
     """

@@ -140,7 +140,9 @@ def per_second(model: Any, codes: torch.Tensor, prompts: Sequence[str | None] | 
     Clips are teacher-forced in groups that share a prompt, so a clip's activations never depend
     on the other prompts (cross-attention has no padding mask).
 
-    >>> df = per_second(model, out.codes, prompts, "blocks.2.hook_resid_post", probe_fn)  # doctest: +SKIP
+    >>> df = per_second(model, out.codes, ["jazz"], "blocks.1.hook_resid_post", jazz["blocks.1.hook_resid_post"])
+    >>> df["second"].tolist()
+    [0, 1]
     """
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
             not math.isfinite(seconds) or seconds <= 0:

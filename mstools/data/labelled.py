@@ -6,10 +6,11 @@ computation: :func:`~mstools.data.caching.plan_batches` and
 directions are fitted on in notebooks and experiments. For large sets, cache to a store and read it
 (``store.features(hook)``, ``store.labels``): the result has the same form.
 
->>> X, labels = labelled_features(model, testbed_clips(64, seconds=6.0, seed=101),
+>>> from mstools.data.sources import testbed_clips
+>>> X, labels = labelled_features(model, testbed_clips(16, seconds=2.0, seed=101),
 ...                               ["blocks.1.hook_resid_post"])
->>> X["blocks.1.hook_resid_post"].shape, list(labels.columns[:3])       # doctest: +SKIP
-(torch.Size([64, 96]), ['clip', 'prompt', 'genre'])
+>>> X["blocks.1.hook_resid_post"].shape == (16, model.d_model), list(labels.columns[:3])
+(True, ['clip', 'prompt', 'genre'])
 """
 from __future__ import annotations
 

@@ -9,9 +9,12 @@
 
 Notebooks, the main job and the experiments all measure steering with this instrument.
 
+>>> from mstools.steering import Steering
 >>> trials = [Trial("to jazz", Steering(jazz, 0.5, schedule=(0, 2), branch="both"), {"genre": "jazz"})]
->>> table = steering(model, trials, prompts=[None] * 16, seeds=[0, 1])    # doctest: +SKIP
->>> summarize(table)                                                       # doctest: +SKIP
+>>> table = steering(model, trials, prompts=[None] * 4, seeds=[0], duration=3.0)
+>>> row = summarize(table).iloc[0]
+>>> int(row["random_draws"]), bool(0.0 <= row["base_rate"] <= 1.0)
+(8, True)
 """
 from mstools.evaluation.run import CONTROLS, steering
 from mstools.evaluation.scoring import Scorer, first_difference, nll, readout_scorer

@@ -15,9 +15,13 @@ segment) with the scorer, and returns one tidy table. :func:`mstools.evaluation.
 into one row per trial: success, base rate, moved (with an interval), random mean and spread, prompted,
 log-likelihood drops and selectivity.
 
+>>> from mstools.evaluation import summarize
 >>> trials = [Trial("jazz", Steering(jazz, 0.5, schedule=(0, 2), branch="both"), {"genre": "jazz"})]
->>> table = steering(model, trials, prompts=[None] * 16, seeds=[0, 1], duration=6)
->>> summarize(table)                                   # doctest: +SKIP
+>>> table = steering(model, trials, prompts=[None] * 4, seeds=[0], duration=3)
+>>> sorted(table["control"].unique())
+['none', 'prompted', 'random', 'unsteered']
+>>> summarize(table)[["trial", "n", "random_draws"]].values.tolist()
+[['jazz', 4, 8]]
 """
 from __future__ import annotations
 
@@ -196,6 +200,9 @@ def steering(model: Any, trials: Sequence[Trial], prompts: Sequence[str | None],
     if bar is not None:
         bar.close()
     df = pd.concat(frames, ignore_index=True)
+    for col in ("prompt", "source_prompt"):  # None (unconditional) stays None, not NaN
+        df[col] = pd.Series([None if v is None or (isinstance(v, float) and v != v) else v
+                             for v in df[col].tolist()], dtype=object, index=df.index)
     factors = factor_columns(df.drop(columns=[c for c in df.columns if c in (
         "trial", "control", "source_prompt", "source", "schedule", "branch", "operator", "units",
         "hooks", "heads")]))

@@ -17,8 +17,13 @@ Columns of :func:`summarize`:
   (1.0 before a steering window);
 - the setting (``source, strength, schedule, branch, hooks, ...``).
 
->>> table = steering(model, trials, prompts, seeds=[0, 1])                 # doctest: +SKIP
->>> summarize(table)[["trial", "success", "base_rate", "moved", "random_mean", "kept_tempo"]]  # doctest: +SKIP
+>>> from mstools.evaluation import Trial, steering
+>>> from mstools.steering import Steering
+>>> table = steering(model, [Trial("jazz", Steering(jazz, 0.5, branch="both"), {"genre": "jazz"})],
+...                  [None] * 4, seeds=[0], duration=3.0)
+>>> row = summarize(table).iloc[0]
+>>> bool(row["moved"] == row["success"] - row["base_rate"]), "kept_tempo" in row
+(True, True)
 """
 from __future__ import annotations
 

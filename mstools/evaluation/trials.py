@@ -2,8 +2,8 @@
 should produce), the random control (directions of equal norm), and prompted controls.
 
 >>> t = Trial("to loud", Steering(vector, 1.0), {"dynamics": "loud"}, prompted=swap_words({"soft": "loud"}))
->>> t.prompt_for("soft jazz piano")          # doctest: +SKIP
-'loud jazz piano'
+>>> t.prompts_for(["soft jazz piano", None])
+['loud jazz piano', 'loud']
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ and ``hook.clock.rows(branch)`` (the batch rows of the ``"cond"``/``"uncond"``/`
 >>> import mstools
 >>> model = mstools.build_musicgen("tiny")
 >>> out = model.generate(["jazz", "rock"], duration=0.5, seed=0, cache="blocks.*.hook_resid_post")
->>> out.codes.shape[:2], out.cache.cond["blocks.0.hook_resid_post"].shape[0]
+>>> tuple(out.codes.shape[:2]), out.cache.cond["blocks.0.hook_resid_post"].shape[0]
 ((2, 4), 2)
 """
 from __future__ import annotations
@@ -281,7 +281,7 @@ class HookedMusicGen(HookedRootModule):
         of the same shape (write).
 
         >>> with model.hooks([("blocks.0.hook_resid_post", lambda x, hook: x * 0)]):
-        ...     logits = model(codes, ["jazz"])
+        ...     logits = model(codes, prompts)
         """
         if bwd_hooks:
             raise NotImplementedError("backward hooks are not supported; use torch.autograd on a "
@@ -393,7 +393,7 @@ class HookedMusicGen(HookedRootModule):
         Returns:
             (logits [B, K, S, card], :class:`Cache` name -> Tensor [B, S, ...]), S = T + K - 1.
 
-        >>> logits, cache = model.run_with_cache(codes, ["jazz"], names_filter="blocks.*.hook_resid_post")
+        >>> logits, cache = model.run_with_cache(codes, prompts, names_filter="blocks.*.hook_resid_post")
         """
         names = self.check_names(names_filter)
         store: dict[str, torch.Tensor] = {}

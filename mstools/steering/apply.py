@@ -15,7 +15,7 @@ Time comes from the model's step clock (audiocraft's streaming offset): a schedu
 ``seconds = step / frame_rate`` of every position; under CFG the rows ``[:B]`` are the conditional
 branch and ``[B:]`` the unconditional one.
 
->>> with vector.apply(model, strength=2.0, schedule=(3.0, None), branch="cond"):
+>>> with apply(vector, model, strength=2.0, schedule=(3.0, None), branch="cond"):
 ...     out = model.generate(["jazz"], duration=6, seed=0)
 """
 from __future__ import annotations
@@ -270,9 +270,10 @@ class Steerer:
     call only.
 
     >>> knob = Steerer(model)
-    >>> knob.set(jazz, strength=1.5, schedule=(2, None))
+    >>> knob = knob.set(jazz, strength=1.5, schedule=(2, None))
     >>> out = knob.generate(["rock"], duration=6, seed=0)
-    >>> knob.reset()
+    >>> knob.reset().settings
+    []
     """
 
     def __init__(self, model: Any):
@@ -360,7 +361,7 @@ def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Setting]
         **generate_kw: passed to ``model.generate`` (``seed``, ``decode``, ``cfg_coef`` ...).
 
     >>> out = sweep(model, ["rock", None], [None, Steering(jazz, 0.5)], duration=4, seed=0)
-    >>> out.rows[["clip", "prompt", "setting"]].values.tolist()     # doctest: +SKIP
+    >>> out.rows[["clip", "prompt", "setting"]].values.tolist()
     [[0, 'rock', 0], [1, None, 0], [2, 'rock', 1], [3, None, 1]]
     """
     prompts = list(prompts)
@@ -388,4 +389,6 @@ def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Setting]
     if paired:
         generate_kw["noise_ids"] = ids
     out = model.generate(batch_prompts, duration, fwd_hooks=hooks + extra, **generate_kw)
-    return SweepOutput(out, pd.DataFrame(table))
+    rows = pd.DataFrame(table)
+    rows["prompt"] = pd.Series([r["prompt"] for r in table], dtype=object)  # None: unconditional
+    return SweepOutput(out, rows)

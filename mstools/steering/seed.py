@@ -32,9 +32,9 @@ Their schedule is a count of hook calls, not a function of the step: for one ste
 steps 23, 48, ... under ``MusicgenForConditionalGeneration.generate`` (whose first decoder call comes
 before step 0); with several layers the shared counter gives each layer its own phase.
 
->>> steering = seed_steering(vector, strength=0.5, every=25, offset=0)      # doctest: +SKIP
->>> with apply_setting(model, steering):                       # doctest: +SKIP
-...     out = model.generate(["jazz"], duration=6)
+>>> steering = seed_steering(vector, strength=0.5, every=25, offset=0)
+>>> with apply_setting(model, steering):
+...     out = model.generate(["jazz"], duration=3)
 """
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ Vectors combine like tensors, per hook; a hook present in only one operand is ca
 the other held zeros there, and vectors made for different models are refused:
 
 >>> import torch
-import numpy as np
 >>> jazz = SteeringVector({"blocks.3.hook_resid_post": torch.tensor([3.0, 4.0])}, "tiny-v1",
 ...                       source="diff_means:genre=jazz-vs-rest")
 >>> rock = SteeringVector({"blocks.3.hook_resid_post": torch.tensor([1.0, 0.0])}, "tiny-v1",

@@ -1,7 +1,8 @@
 """Audio helpers: write wav files, embed players, draw spectrograms.
 
->>> write_wav("outputs/jazz.wav", out.audio[0], out.sample_rate)
->>> spectrogram(out.audio[0], out.sample_rate).show()
+>>> write_wav("outputs/jazz.wav", out.audio[0], out.sample_rate).name
+'jazz.wav'
+>>> fig = spectrogram(out.audio[0], out.sample_rate)     # a plotly figure: fig.show() draws it
 """
 from __future__ import annotations
 

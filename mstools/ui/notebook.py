@@ -1,9 +1,10 @@
 """The one set-up call every notebook makes.
 
 >>> from mstools.ui.notebook import setup
->>> nb = setup(MODEL="testbed")          # loads the model, pins threads, seeds, says what it runs on
->>> nb.model, nb.backend, nb.quick, nb.size(256, quick=32)
->>> nb = setup("testbed", BACKEND="transformers")   # the same model in Hugging Face's implementation
+>>> nb = setup(MODEL="testbed", quiet=True)   # loads the model, pins threads, seeds (quiet: no print)
+>>> nb.model.model_name, nb.backend, nb.size(256, quick=32) in (256, 32)
+('testbed', 'audiocraft', True)
+>>> nb = setup("testbed", BACKEND="transformers", quiet=True)   # the same model in transformers
 
 Under test (``MSTOOLS_TEST=1``, set by ``make test``) ``nb.quick`` is True and ``nb.size`` returns the
 small number, so every notebook runs in a few minutes on a 2-core CPU.

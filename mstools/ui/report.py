@@ -4,7 +4,8 @@ Works offline: plotly.js is embedded once, audio is embedded as base64 wav.
 
 >>> r = Report("mstools demo")
 >>> r.heading("Probes"); r.text("Genre is read best at layer 3."); r.figure(fig); r.table(df)
->>> r.write("outputs/report.html")
+>>> r.write("outputs/report.html").name
+'report.html'
 """
 from __future__ import annotations
 

@@ -301,8 +301,10 @@ class ActivationStore:
             Tensor ``[N, ...]`` (``...`` = the hook's row shape).
 
         Example:
-            >>> X = store.features("blocks.3.hook_resid_post")      # doctest: +SKIP
-            >>> y = store.labels["genre"]                             # doctest: +SKIP
+            >>> X = store.features("blocks.3.hook_resid_post")
+            >>> y = store.labels["genre"]
+            >>> len(X) == len(y)
+            True
         """
         shape = self._row_shape(hook)
         dtype = self.dtype if dtype is None else dtype
@@ -326,7 +328,8 @@ class ActivationStore:
         batch plus the shards the current batch touches, whatever the size of the store.
 
         Example:
-            >>> total = sum(b.sum(0) for b in store.iter_batches("hook_embed", rows=512))  # doctest: +SKIP
+            >>> [len(b) for b in store.iter_batches("blocks.0.hook_resid_post", rows=5)]
+            [5, 3]
         """
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")

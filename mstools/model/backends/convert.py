@@ -23,7 +23,9 @@ Both use sinusoidal positions (cos | sin halves, max period 10000), pre-norm lay
 in attention or the MLP, and the special token ``card`` (= transformers' ``pad`` = ``bos``). The MLP activation is read from the
 layer (released checkpoints use GELU; the testbed ReLU, PyTorch's default).
 
->>> decoder = decoder_from_audiocraft(load_musicgen("testbed").lm)   # MusicgenForCausalLM
+>>> decoder = decoder_from_audiocraft(model.lm)          # the testbed's LM as a MusicgenForCausalLM
+>>> type(decoder).__name__
+'MusicgenForCausalLM'
 """
 from __future__ import annotations
 

@@ -291,7 +291,7 @@ def load_hf_musicgen(name: str, *, device: str | torch.device = "cpu",
             text-only MusicGen; use the audiocraft backend.
 
     >>> model, tok = build_hf_musicgen("tiny")
-    >>> model.save_pretrained("outputs/tiny-hf"); tok.save_pretrained("outputs/tiny-hf")
+    >>> model.save_pretrained("outputs/tiny-hf"); _ = tok.save_pretrained("outputs/tiny-hf")
     >>> model, tok = load_hf_musicgen("outputs/tiny-hf")
     """
     from transformers import AutoConfig, MusicgenForConditionalGeneration  # lazy: transformers is loaded only where it is used

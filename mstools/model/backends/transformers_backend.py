@@ -22,7 +22,7 @@ as transformers does) and avoids three traps of transformers 5.23 met on this pa
 
 ``max_new_tokens`` counts delay steps: N frames need N + K - 1 new tokens.
 
->>> model = load_musicgen("testbed", backend="transformers")
+>>> model = mstools.load_musicgen("testbed", backend="transformers")
 >>> model.generate(["fast rock"], duration=1.0).codes.shape
 torch.Size([1, 4, 10])
 """
