@@ -422,7 +422,8 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
         desc = "cache" if world_size == 1 else f"cache (rank 0 of {world_size})"
         bar = tqdm(total=total, desc=desc, unit="clip")
     try:
-        with store.writer(shard_rows=shard_rows, rank=rank, world_size=world_size) as writer:
+        # merged once at the end, in the source's order (not by the writer)
+        with store.writer(shard_rows=shard_rows, rank=rank, world_size=world_size, merge=False) as writer:
             for batch in _plan(model, source, batch_size, seed, duration, clip_ids):
                 mine = batch.index % world_size == rank
                 todo = [it for it in batch.items if it.clip_id not in done] if mine else []

@@ -37,10 +37,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import pandas as pd
 
-from mstools.testbed.music import FRAME_RATE, make_dataset
+from mstools.testbed.music import FRAME_RATE, sample_clip
 
 __all__ = ["Item", "Source", "prompt_set", "audio_folder", "generated_continuations",
            "testbed_clips", "PromptSet", "AudioFolder", "Continuations", "TestbedClips",
@@ -452,7 +453,9 @@ class TestbedClips(Source):
         return self.n
 
     def __iter__(self) -> Iterator[Item]:
-        for i, clip in enumerate(make_dataset(self.n, self.frames, self.seed)):
+        rng = np.random.default_rng(self.seed)  # the stream make_dataset(n, frames, seed) draws from
+        for i in range(self.n):
+            clip = sample_clip(rng, self.frames)
             yield Item(f"testbed-{self.seed}-{i:06d}", prompt=clip.prompt, labels=dict(clip.labels),
                        codes=clip.codes)
 

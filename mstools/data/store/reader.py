@@ -350,16 +350,18 @@ class ActivationStore:
             yield out
 
     # ------------------------------------------------------------------ writing
-    def writer(self, shard_rows: int = 1024, rank: int = 0, world_size: int = 1) -> "StoreWriter":
+    def writer(self, shard_rows: int = 1024, rank: int = 0, world_size: int = 1,
+               merge: bool = True) -> "StoreWriter":
         """A writer for rank ``rank`` (use it as a context manager, or call ``close()``).
 
         Args:
             shard_rows: rows per shard (memory holds at most this many rows plus one clip).
             rank: this writer's rank (``torchrun``'s ``RANK``); each rank owns its shard files.
-            world_size: number of ranks; with 1, ``close()`` also merges the manifest. With more,
+            world_size: number of ranks; with 1, ``close()`` also merges the manifest (unless
+                ``merge=False``: the caller merges, e.g. in a row order of its own). With more,
                 call :meth:`merge` once every rank has closed.
         """
-        return StoreWriter(self, shard_rows=shard_rows, rank=rank, world_size=world_size)
+        return StoreWriter(self, shard_rows=shard_rows, rank=rank, world_size=world_size, merge=merge)
 
     def done_clips(self) -> set[str | int]:
         """Clip ids stored in complete shards (of every rank, merged or not): skip these on resume.

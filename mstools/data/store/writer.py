@@ -41,12 +41,13 @@ class StoreWriter:
     (they are not done: :meth:`ActivationStore.done_clips` leaves them out, so a resume redoes them).
     """
 
-    def __init__(self, store: Any, shard_rows: int, rank: int, world_size: int):
+    def __init__(self, store: Any, shard_rows: int, rank: int, world_size: int, merge: bool = True):
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
         if not 0 <= rank < max(world_size, 1) or rank > 999:
             raise ValueError(f"rank must be in [0, world_size={world_size}) and < 1000, got {rank}")
         self.store, self.shard_rows, self.rank, self.world_size = store, shard_rows, rank, world_size
+        self.merge = merge
         self._lock = rank_lock(store.path, rank)
         self._lock.__enter__()
         self._closed = False
@@ -58,6 +59,7 @@ class StoreWriter:
         self._done: set[str | int] = {c for s in self._partial["shards"] for c in s["clips"]}
         self._next_index = max((s["index"] for s in self._partial["shards"]), default=-1) + 1
         self._buffer: list[_Clip] = []
+        self._buffered: set[str | int] = set()  # clip ids in the buffer
         self._buffered_rows = 0
 
     # ------------------------------------------------------------------ set-up
@@ -147,13 +149,14 @@ class StoreWriter:
                     raise ValueError(f"clip {clip!r} was already added for branch {branch!r}")
                 entry = last
             else:
-                if clip in self._done or any(b.clip == clip for b in self._buffer):
+                if clip in self._done or clip in self._buffered:
                     raise ValueError(f"clip {clip!r} is already stored; skip the clips in "
                                      f"store.done_clips(), and add all rows of a clip together")
                 if self._buffered_rows and self._buffered_rows + rows_per_clip > self.shard_rows:
                     self._flush()
                 entry = _Clip(clip)
                 self._buffer.append(entry)
+                self._buffered.add(clip)
             for hook in hooks:
                 # copy: a slice would keep the caller's whole batch alive in the buffer
                 x = activations[hook][i].detach().to(device="cpu", dtype=self.store.dtype, copy=True)
@@ -226,7 +229,7 @@ class StoreWriter:
         atomic_write_json(self.store.path / partial_name(self.rank), self._partial)
         self._done.update(clips)
         self._next_index += 1
-        self._buffer, self._buffered_rows = [], 0
+        self._buffer, self._buffered_rows, self._buffered = [], 0, set()
 
     def close(self) -> None:
         """Write the remaining rows, release the rank and (``world_size == 1``) merge the manifest."""
@@ -239,12 +242,12 @@ class StoreWriter:
                 atomic_write_json(partial_path, self._partial)
         finally:
             self._release()
-        if self.world_size == 1:
+        if self.world_size == 1 and self.merge:
             self.store._manifest = merge_manifests(self.store.path)
 
     def abort(self) -> None:
         """Drop the buffered rows and release the rank (what an exception inside ``with`` does)."""
-        self._buffer, self._buffered_rows = [], 0
+        self._buffer, self._buffered_rows, self._buffered = [], 0, set()
         self._release()
 
     def _release(self) -> None:

@@ -29,6 +29,9 @@ def token_lengths(lm: nn.Module, prompt: str | None) -> tuple:
     for name, cond in (getattr(provider, "conditioners", {}) or {}).items():
         if not (isinstance(cond, TextConditioner) and hasattr(cond, "tokenize")):
             continue
+        if getattr(cond, "slots", None):  # pads every prompt to fixed slots: one length for all
+            lengths.append(int(cond.slots))
+            continue
         try:
             out = cond.tokenize([prompt])
         except Exception as err:
