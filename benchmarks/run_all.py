@@ -21,12 +21,19 @@ FULL = [
     ["backend_speed.py", "--scale", "testbed", "--seconds", "6", "--repeats", "5"],
     ["steering_cost.py", "--scale", "small"],
     ["probe_fit.py"],
-    ["cache_throughput.py"],
+    ["cache_throughput.py", "--clips", "512"],
+    ["store_read.py"],
+    ["thread_policy.py", "--small"],
+    ["startup.py"],
+    ["sae_memory.py"],
 ]
 QUICK = [
     ["hook_overhead.py", "--scale", "tiny", "--seconds", "1"],
     ["hook_overhead.py", "--scale", "tiny", "--seconds", "1", "--backend", "transformers"],
     ["probe_fit.py", "--quick"],
+    ["store_read.py", "--repeats", "5"],
+    ["thread_policy.py", "--repeats", "3"],
+    ["startup.py", "--repeats", "3"],
 ]
 
 

@@ -1,9 +1,10 @@
 """Benchmark: peak memory of SAE training streamed from per-frame stores of two sizes.
 
-    python benchmarks/sae_memory.py STORE [STORE ...] [--hook blocks.3.hook_resid_post]
+    python benchmarks/sae_memory.py [STORE ...] [--hook blocks.3.hook_resid_post]
                                     [--width 384] [--k 16] [--rows N]
 
-Make the stores first, e.g. (about 20 s and 75 s on the testbed, 2 cores)::
+Without stores, two are made first in a temporary folder (4,250 and 17,000 testbed clips of 6 s,
+per-frame pooling: about 255 k and 1.02 M rows), as with::
 
     python -m mstools cache --model testbed --source testbed:4250:6 --hooks 'blocks.*.hook_resid_post' \\
         --pooling frame --out /tmp/frames_255k
@@ -11,8 +12,8 @@ Make the stores first, e.g. (about 20 s and 75 s on the testbed, 2 cores)::
         --pooling frame --out /tmp/frames_1m
 
 Each store is measured in a fresh subprocess (one thread): resident memory (VmRSS) after the
-imports, after ``ActivationStore.open`` (which parses the merged manifest: its labels table and row
-locations have one entry per row), then the peak (``ru_maxrss``) after one epoch of
+imports, after ``ActivationStore.open`` (which reads the manifest: configuration and shard list; the
+labels table and the row index are separate files read when asked for), then the peak (``ru_maxrss``) after one epoch of
 :func:`mstools.analysis.sae.train_sae` over every row through :class:`StoreBatches` (shuffle buffer
 65,536 rows). ``training increment`` = peak - after open: what streaming adds; flat in the number
 of rows when the shuffle buffer, not the store, bounds memory. Results go to
@@ -58,12 +59,22 @@ print(json.dumps(out))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stores", nargs="+")
+    ap.add_argument("stores", nargs="*")
     ap.add_argument("--hook", default="blocks.3.hook_resid_post")
     ap.add_argument("--width", type=int, default=384)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--rows", default="all", help="rows read per store (default: all)")
     args = ap.parse_args()
+    tmp = None
+    if not args.stores:
+        import tempfile
+        tmp = tempfile.TemporaryDirectory()
+        for n, name in ((4250, "frames_255k"), (17000, "frames_1m")):
+            out = Path(tmp.name) / name
+            subprocess.run([sys.executable, "-m", "mstools", "cache", "--model", "testbed", "--source",
+                            f"testbed:{n}:6", "--hooks", args.hook, "--pooling", "frame",
+                            "--batch-size", "64", "--no-progress", "--out", str(out)], check=True)
+            args.stores.append(str(out))
     results = []
     for path in args.stores:
         proc = subprocess.run([sys.executable, "-c", CHILD, path, args.hook, str(args.width),
@@ -80,6 +91,8 @@ def main() -> None:
               f"| {r['after_open_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "
               f"{r['training_increment_mb']:.0f} MB | {r['train_s']:.1f} |")
     write("sae_memory", {"hook": args.hook, "width": args.width, "k": args.k, "results": results})
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":
