@@ -364,13 +364,13 @@ def text_conditioner(model: Any) -> str:
 
     audiocraft: the classes of ``model.lm.condition_provider.conditioners``; transformers: the text
     encoder feeding ``encoder_hidden_states`` (T5 for released checkpoints; for the testbed, its own
-    audiocraft word conditioner read by transformers' decoder).
+    audiocraft conditioner around a tiny T5 encoder, read by transformers' decoder).
 
     Returns:
-        One line, e.g. ``"description: WordConditioner (audiocraft)"``.
+        One line, e.g. ``"description: T5TextConditioner (audiocraft)"``.
 
     >>> text_conditioner(mstools.load_musicgen("testbed", backend="transformers"))   # doctest: +SKIP
-    'description: WordConditioner (audiocraft conditioner -> transformers encoder_hidden_states)'
+    'description: T5TextConditioner (audiocraft conditioner -> transformers encoder_hidden_states)'
     """
     backend = model.backend
     if backend.name == "audiocraft":

@@ -123,5 +123,5 @@ def test_write_findings_round_trip(quick, tmp_path):
     jpath, mpath = findings.write_findings(quick, tmp_path)
     import json
     payload = json.loads(jpath.read_text())
-    assert payload["best"]["layer"] in range(4) and len(payload["rows"]) == len(quick)
+    assert payload["best"]["layer"] in range(8) and len(payload["rows"]) == len(quick)
     assert mpath.read_text().startswith("# Steering findings")

@@ -222,8 +222,8 @@ def test_untrained_testbed_is_one_model_on_both_backends(testbeds):
 
 
 def test_text_conditioner_names_the_backends_encoder(testbeds):
-    assert lessons.text_conditioner(testbeds["audiocraft"]) == "description: WordConditioner (audiocraft)"
+    assert lessons.text_conditioner(testbeds["audiocraft"]) == "description: T5TextConditioner (audiocraft)"
     hf = lessons.text_conditioner(testbeds["transformers"])
-    assert hf.startswith("description: WordConditioner") and "transformers" in hf
+    assert hf.startswith("description: T5TextConditioner") and "transformers" in hf
     t5 = lessons.text_conditioner(mstools.build_musicgen("tiny", backend="transformers"))
     assert t5.startswith("T5EncoderModel")

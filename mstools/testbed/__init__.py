@@ -2,10 +2,13 @@
 
 - :mod:`.music`        the procedural grammar (genre, tempo, instrument, dynamics -> 4 code streams)
 - :mod:`.codec`        ``SynthCodec``, a deterministic synthesiser on audiocraft's ``CompressionModel`` API
-- :mod:`.conditioner`  word-level text conditioner (condition name ``description``)
+- :mod:`.text`         the text encoder: a tiny transformers T5 encoder with a word-level tokenizer,
+                       and the audiocraft conditioner around it (condition name ``description``)
+- :mod:`.captions`     noisy training captions (left-out factors, synonyms, wrong values)
 - :mod:`.model`        ``build_testbed_musicgen`` (random weights) / ``load_testbed_musicgen`` (trained)
 - :mod:`.score`        ``score``: labels and log-likelihood of codes under the grammar itself
-- :mod:`.train`        ``python -m mstools.testbed.train``;  :mod:`.evaluate_testbed` measures adherence
+- :mod:`.train`        ``python -m mstools.testbed.train``;  :mod:`.evaluate_testbed` measures adherence;
+                       :mod:`.check_v2` measures steering against a prompt and probe selectivity
 
 Example:
 
@@ -16,11 +19,13 @@ Example:
 ['rock', 'fast', 'brass']
 """
 from .codec import SynthCodec
-from .model import build_testbed_musicgen, load_testbed_musicgen
-from .music import DYNAMICS, FACTORS, GENRES, INSTRUMENTS, TEMPOS, make_dataset, sample_clip
+from .model import build_testbed_musicgen, load_testbed_musicgen, read_manifest, save_testbed_weights
+from .music import DYNAMICS, FACTORS, GENRES, INSTRUMENTS, TEMPOS, make_dataset, sample_clip, sample_switch_clip
 from .score import score
+from .text import load_text_encoder
 
 __all__ = [
     "GENRES", "TEMPOS", "INSTRUMENTS", "DYNAMICS", "FACTORS", "score", "SynthCodec", "sample_clip",
-    "make_dataset", "build_testbed_musicgen", "load_testbed_musicgen",
+    "sample_switch_clip", "make_dataset", "build_testbed_musicgen", "load_testbed_musicgen",
+    "save_testbed_weights", "read_manifest", "load_text_encoder",
 ]

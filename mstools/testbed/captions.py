@@ -8,7 +8,8 @@ What :func:`noisy_caption` does to the true labels, per clip:
 
 - each factor is mentioned with probability ``mention_prob``;
 - a mentioned factor names a **wrong** value (uniform over the others) with probability
-  ``wrong_prob``;
+  ``wrong_prob``; a mentioned genre also names the genre that sounds most alike (same scale and
+  drum kit, :data:`SIMILAR_GENRE`: only the order cues differ) with probability ``similar_prob``;
 - label words are replaced by a synonym with probability ``synonym_prob`` (:data:`SYNONYMS`;
   every synonym belongs to exactly one label);
 - filler words (an article, a noun such as "track", "with" / "featuring" / "and" before the
@@ -30,9 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .music import FACTORS
+from .music import FACTORS, GENRE_SPEC, GENRES
 
-__all__ = ["SYNONYMS", "NOUNS", "ARTICLES", "LINKS", "FILLER_WORDS", "CAPTION_WORDS", "label_of_word",
+__all__ = ["SYNONYMS", "SIMILAR_GENRE", "NOUNS", "ARTICLES", "LINKS", "FILLER_WORDS", "CAPTION_WORDS", "label_of_word",
            "noisy_caption"]
 
 #: Words that name a label: the label itself first, then synonyms (each word names one label only).
@@ -59,6 +60,11 @@ FILLER_WORDS: tuple[str, ...] = tuple(dict.fromkeys(NOUNS + ARTICLES + LINKS + (
 CAPTION_WORDS: tuple[str, ...] = tuple(dict.fromkeys(
     [w for values in FACTORS.values() for v in values for w in SYNONYMS[v]] + list(FILLER_WORDS)))
 
+#: genre -> the genre with the same scale and drum kit (they differ in order cues only)
+SIMILAR_GENRE: dict[str, str] = {
+    g: next(h for h in GENRES if h != g and (GENRE_SPEC[h].scale, GENRE_SPEC[h].drum_cycle[0])
+            == (GENRE_SPEC[g].scale, GENRE_SPEC[g].drum_cycle[0])) for g in GENRES}
+
 _WORD_TO_LABEL = {w: (f, v) for f, values in FACTORS.items() for v in values for w in SYNONYMS[v]}
 
 
@@ -79,7 +85,8 @@ def _word(label: str, rng: np.random.Generator, synonym_prob: float) -> str:
 
 
 def noisy_caption(labels: dict[str, str], rng: np.random.Generator, *, mention_prob: float = 0.7,
-                  wrong_prob: float = 0.15, synonym_prob: float = 0.25) -> tuple[str, dict[str, str]]:
+                  wrong_prob: float = 0.15, similar_prob: float = 0.0, synonym_prob: float = 0.25
+                  ) -> tuple[str, dict[str, str]]:
     """A training caption of a clip with ``labels``; see the module docstring for the noise.
 
     Returns:
@@ -94,6 +101,8 @@ def noisy_caption(labels: dict[str, str], rng: np.random.Generator, *, mention_p
         if rng.random() < wrong_prob:
             others = [v for v in values if v != value]
             value = others[int(rng.integers(len(others)))]
+        elif factor == "genre" and similar_prob > 0 and rng.random() < similar_prob:
+            value = SIMILAR_GENRE[value]
         named[factor] = value
     words: list[str] = []
     if rng.random() < 0.25:

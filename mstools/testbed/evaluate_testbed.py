@@ -11,6 +11,13 @@
 - Unconditional clips: how grammatical the model is without a prompt.
 - The same for the untrained model (random weights, same shapes) as the baseline, and the
   log-likelihood of fresh procedural clips as the reference for quality.
+- Padding: the same prompts read two ways. audiocraft pads every prompt to the conditioner's fixed
+  slots and its cross-attention attends to the padding; transformers' processor pads to the
+  batch's longest prompt and its decoder masks the padding (:func:`tokenizer_path_model`: the
+  testbed's weights on transformers' decoder, prompts through the saved tokenizer with
+  ``padding=True``). Reported: adherence of both (same seeds), and on teacher-forced procedural
+  clips the mean KL divergence between their next-token distributions, beside the KL between
+  the prompt and the null text (how much the prompt matters at all).
 
 Results go to the manifest's ``evaluation`` field (the weights file, and so its sha256, is
 unchanged) and two example wavs are written to ``examples/`` (decoded with ``SynthCodec``).
@@ -35,7 +42,8 @@ from .model import MANIFEST_FILE, WEIGHTS_DIR, build_testbed_musicgen, load_test
 from .music import DYNAMICS, FACTORS, FRAME_RATE, GENRES, INSTRUMENTS, TEMPOS, make_dataset, stack_codes
 from .score import score
 
-__all__ = ["full_prompts", "adherence", "evaluate", "write_examples", "main"]
+__all__ = ["full_prompts", "adherence", "evaluate", "evaluate_model", "tokenizer_path_model", "padding_comparison",
+           "write_examples", "main"]
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PROMPTS = {"fast_rock_with_brass": "fast rock with brass", "soft_classical_piano": "soft classical piano"}
@@ -99,6 +107,61 @@ def evaluate_model(model, seed: int = 0, seconds: float = 6.0) -> dict:
     }
 
 
+def tokenizer_path_model(musicgen: tp.Any) -> tp.Any:
+    """The testbed on transformers' decoder, reading prompts as a transformers processor does.
+
+    The conditioner's own tokenizer, T5 encoder and ``output_proj`` (as ``enc_to_dec_proj``) feed
+    ``encoder_hidden_states`` with ``padding=True`` and the attention mask, which the decoder
+    applies in cross-attention (:class:`mstools.backends.transformers_backend.T5TextEncoder`).
+    Returns a :class:`mstools.hooked.HookedMusicGen`.
+    """
+    from ..backends.transformers_backend import T5TextEncoder, backend_from_audiocraft
+    from ..hooked import HookedMusicGen
+    backend = backend_from_audiocraft(musicgen)
+    cond = musicgen.lm.condition_provider.conditioners["description"]
+    backend.text = T5TextEncoder(cond.t5, cond.tokenizer, cond.output_proj)
+    return HookedMusicGen(backend, name="testbed-masked-text")
+
+
+def _mean_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean KL(p || q) over valid positions of logits ``[B, K, S, card]``."""
+    lp, lq = torch.log_softmax(logits_p.double(), -1), torch.log_softmax(logits_q.double(), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return float(kl[valid].mean())
+
+
+@torch.no_grad()
+def padding_comparison(musicgen: tp.Any, seed: int = 0, seconds: float = 6.0) -> dict:
+    """Adherence and next-token KL of the two ways to read a prompt (see the module docstring)."""
+    from ..hooked import HookedMusicGen
+    fixed = HookedMusicGen(musicgen, name="testbed")
+    masked = tokenizer_path_model(musicgen)
+    prompts, labels = full_prompts()
+    genre_prompts = [g for g in GENRES for _ in range(16)]
+    out: dict[str, tp.Any] = {}
+    for name, model in (("audiocraft_fixed_slots", fixed), ("transformers_masked", masked)):
+        full = score(model.generate(prompts, seconds, seed=seed, decode=False).codes)
+        genre = score(model.generate(genre_prompts, seconds, seed=seed + 1, decode=False).codes)
+        out[name] = {"full_prompt_adherence": {k: round(v, 4) for k, v in adherence(full, labels).items()},
+                     "genre_only_adherence": round(float(np.mean(genre.genre.to_numpy() == np.asarray(genre_prompts))), 4),
+                     "full_prompt_loglik": round(float(full.loglik.mean()), 4)}
+    clips = make_dataset(64, int(round(seconds * FRAME_RATE)), seed=seed + 555, mention_prob=1.0)
+    codes = stack_codes(clips)
+    texts = [c.prompt for c in clips[:32]] + [c.labels["genre"] for c in clips[32:]]
+    a, b = fixed(codes, texts), masked(codes, texts)
+    null = fixed(codes, [None] * len(texts))
+    valid = fixed.to_sequence(codes) != fixed.special_token_id            # [B, K, S]
+    valid = torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)  # step s predicts s + 1
+    out["teacher_forced"] = {
+        "kl_fixed_vs_masked": round(_mean_kl(a, b, valid), 5),
+        "kl_prompt_vs_null": round(_mean_kl(a, null, valid), 5),
+        "max_abs_logprob_diff": round(float((torch.log_softmax(a.double(), -1) - torch.log_softmax(b.double(), -1))
+                                            .abs().amax(-1)[valid].max()), 4),
+        "clips": len(texts),
+    }
+    return out
+
+
 def evaluate(weights: str | os.PathLike | None = None, seed: int = 0, seconds: float = 6.0) -> dict:
     """Evaluate the trained model beside the untrained baseline and procedural clips."""
     trained = load_testbed_musicgen(weights)
@@ -109,6 +172,7 @@ def evaluate(weights: str | os.PathLike | None = None, seed: int = 0, seconds: f
         "trained": evaluate_model(trained, seed, seconds),
         "untrained": evaluate_model(untrained, seed, seconds),
         "procedural": _summary(procedural),
+        "padding": padding_comparison(trained, seed, seconds),
         "seed": seed,
     }
 
@@ -135,7 +199,7 @@ def main(argv: tp.Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="weights directory (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave manifest and examples")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

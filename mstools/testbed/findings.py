@@ -83,12 +83,14 @@ _FEATURES: dict[tuple, tuple[dict[str, torch.Tensor], pd.DataFrame]] = {}
 
 
 def pooled_features(model: Any, hooks: Sequence[str], n_clips: int = 1024, seed: int = 101,
-                    frames: int = 60) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-    """Mean-over-steps activations of teacher-forced procedural clips (with their prompts).
+                    frames: int = 60, prompted: bool = True) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    """Mean-over-steps activations of teacher-forced procedural clips (with their prompts, or with
+    the null text when ``prompted=False``: then only the audio can tell the factors apart).
 
     Returns:
         ``({hook: float32 [N, D]}, labels)`` where ``attn.hook_z`` is flattened to ``[N, H * Dh]``
-        and ``labels`` has one column per factor plus ``prompt``. Cached per model and arguments.
+        and ``labels`` has one column per factor plus ``clip`` and ``prompt`` (the clip's prompt,
+        whether or not it was used). Cached per model and arguments.
 
     Example:
         >>> X, labels = pooled_features(model, ["blocks.1.hook_resid_post"], n_clips=64)
@@ -96,18 +98,18 @@ def pooled_features(model: Any, hooks: Sequence[str], n_clips: int = 1024, seed:
         torch.Size([64, 96])
     """
     hooks = model.check_names(list(hooks))
-    key = (model.fingerprint, tuple(hooks), n_clips, seed, frames)
+    key = (model.fingerprint, tuple(hooks), n_clips, seed, frames, prompted)
     if key not in _FEATURES:
         clips = make_dataset(n_clips, frames, seed=seed)
         codes = torch.stack([c.codes for c in clips])
-        prompts = [c.prompt for c in clips]
+        prompts = [c.prompt if prompted else None for c in clips]
         feats: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
         for start in range(0, n_clips, 256):
             _, cache = model.run_with_cache(codes[start:start + 256], prompts[start:start + 256],
                                             names_filter=hooks)
             for h in hooks:
                 feats[h].append(cache[h].float().flatten(2).mean(1).cpu())
-        labels = pd.DataFrame([{**c.labels, "prompt": c.prompt} for c in clips])
+        labels = pd.DataFrame([{**c.labels, "clip": i, "prompt": c.prompt} for i, c in enumerate(clips)])
         _FEATURES[key] = ({h: torch.cat(v) for h, v in feats.items()}, labels)
     return _FEATURES[key]
 

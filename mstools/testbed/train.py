@@ -65,6 +65,7 @@ RECIPE: dict[str, tp.Any] = {
     "cfg_dropout": 0.12,
     "mention_prob": 0.7,
     "wrong_prob": 0.15,
+    "similar_prob": 0.0,
     "synonym_prob": 0.25,
     "switch_prob": 0.04,
     "switch_prob_null": 0.2,
@@ -110,7 +111,7 @@ def training_batch(seed: int, step: int, batch: int, frames: int, recipe: dict =
         clips.append(clip)
         prompts.append(None if null else noisy_caption(
             clip.labels, rng, mention_prob=recipe["mention_prob"], wrong_prob=recipe["wrong_prob"],
-            synonym_prob=recipe["synonym_prob"])[0])
+            similar_prob=recipe["similar_prob"], synonym_prob=recipe["synonym_prob"])[0])
     codes = stack_codes(clips)
     corrupt = torch.from_numpy(rng.random(codes.shape) < recipe["corrupt_prob"])
     noise = torch.from_numpy(rng.integers(CARD, size=codes.shape))
