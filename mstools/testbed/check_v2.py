@@ -47,7 +47,7 @@ from .findings import pooled_features
 from .music import GENRE_SPEC, GENRES
 from .score import score
 
-__all__ = ["load_hooked", "directions", "screen", "confirm", "probe_table", "GENRE_TARGETS", "SOFT_PROMPTS",
+__all__ = ["load_hooked", "directions", "all_directions", "screen", "confirm", "probe_table", "to_markdown", "GENRE_TARGETS", "SOFT_PROMPTS",
            "KINDS", "METHODS", "main"]
 
 #: Genre steering experiments: source genre (named by the prompt) -> target genre.
@@ -288,6 +288,26 @@ def _show(df: pd.DataFrame, n: int = 10) -> str:
     return df.head(n)[cols].to_string(float_format=lambda x: f"{x:.3f}")
 
 
+def to_markdown(results: dict) -> str:
+    """The confirmed settings and the probe table of a results dict as markdown tables."""
+    lines = ["| experiment | setting | success (95 % CI) | random: mean [min, max] over draws | unsteered | "
+             "prompted | loglik drop: steered / random / prompted | aim |", "|---|---|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        for r in results.get(f"confirm_{kind}", []):
+            lines.append(f"| {kind} | {r['setting']} | {r['success']:.2f} ({r['success_lo']:.2f}-{r['success_hi']:.2f}) | "
+                         f"{r['random_mean']:.3f} [{r['random_min']:.2f}, {r['random_max']:.2f}] ({r['random_draws']}) | "
+                         f"{r['unsteered']:.2f} | {r['prompted']:.2f} | {r['ll_drop']:.3f} / {r['ll_drop_random']:.3f} / "
+                         f"{r['ll_drop_prompted']:.3f} | {'yes' if r['aim'] else 'no'} |")
+    if results.get("probes"):
+        pt = pd.DataFrame(results["probes"])
+        lines += ["", "| text | " + " | ".join(f"L{l}" for l in sorted(pt.layer.unique())) + " |",
+                  "|---|" + "---|" * pt.layer.nunique()]
+        for text, g in pt.groupby("text", sort=False):
+            for col in ("trained", "untrained", "selectivity"):
+                lines.append(f"| {text}: {col} | " + " | ".join(f"{v:.2f}" for v in g.sort_values("layer")[col]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mstools.testbed.check_v2", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=None, help="weights directory (default: the shipped one)")
@@ -336,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _log("genre probes per layer:\n" + pt.round(3).to_string())
         results["probes"] = pt.to_dict(orient="records")
     results["wall_s"] = round(time.monotonic() - t0, 1)
+    print(to_markdown(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
         _log(f"wrote {args.out}")
