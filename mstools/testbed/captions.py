@@ -8,7 +8,7 @@ What :func:`noisy_caption` does to the true labels, per clip:
 
 - each factor is mentioned with probability ``mention_prob``;
 - a mentioned factor names a **wrong** value (uniform over the others) with probability
-  ``wrong_prob``; a mentioned genre also names the genre that sounds most alike (same scale and
+  ``wrong_prob`` (a number, or one per factor); a mentioned genre also names the genre that sounds most alike (same scale and
   drum kit, :data:`SIMILAR_GENRE`: only the order cues differ) with probability ``similar_prob``;
 - label words are replaced by a synonym with probability ``synonym_prob`` (:data:`SYNONYMS`;
   every synonym belongs to exactly one label);
@@ -85,8 +85,8 @@ def _word(label: str, rng: np.random.Generator, synonym_prob: float) -> str:
 
 
 def noisy_caption(labels: dict[str, str], rng: np.random.Generator, *, mention_prob: float = 0.7,
-                  wrong_prob: float = 0.15, similar_prob: float = 0.0, synonym_prob: float = 0.25
-                  ) -> tuple[str, dict[str, str]]:
+                  wrong_prob: float | dict[str, float] = 0.15, similar_prob: float = 0.0,
+                  synonym_prob: float = 0.25) -> tuple[str, dict[str, str]]:
     """A training caption of a clip with ``labels``; see the module docstring for the noise.
 
     Returns:
@@ -98,7 +98,7 @@ def noisy_caption(labels: dict[str, str], rng: np.random.Generator, *, mention_p
         if rng.random() >= mention_prob:
             continue
         value = labels[factor]
-        if rng.random() < wrong_prob:
+        if rng.random() < (wrong_prob[factor] if isinstance(wrong_prob, dict) else wrong_prob):
             others = [v for v in values if v != value]
             value = others[int(rng.integers(len(others)))]
         elif factor == "genre" and similar_prob > 0 and rng.random() < similar_prob:
