@@ -1,13 +1,14 @@
 """Measure the trained testbed: prompt adherence per factor under CFG, and grammar log-likelihood.
 
-    python -m mstools.testbed.evaluate_testbed [--weights DIR] [--seed S] [--seconds 6] [--no-write]
+    python -m mstools.testbed.evaluate_testbed [--weights DIR] [--seed S] [--seconds 6] [--repeats 3] [--no-write]
 
 - Full prompts: the 64 combinations of the four factors ("loud fast rock with brass", ...), one clip
-  each, generated in one batch with ``MusicGen.generate`` (CFG on, testbed defaults) from a fixed
-  seed; scored by the grammar (:func:`mstools.testbed.score.score`); adherence = share of clips
-  whose grammar label equals the prompted label, per factor; also per 1 s segment (a single timing
-  slip mid-clip makes a whole clip "none" but only one segment).
-- Genre-only prompts ("rock", ...; 16 clips each genre): genre adherence without other words.
+  each per batch, generated with ``MusicGen.generate`` (CFG on, testbed defaults); ``--repeats``
+  batches from seeds ``S, S + 10, ...`` (3 by default: 192 clips); scored by the grammar
+  (:func:`mstools.testbed.score.score`); adherence = share of clips whose grammar label equals the
+  prompted label, per factor; also per 1 s segment (a single timing slip mid-clip makes a whole
+  clip "none" but only one segment).
+- Genre-only prompts ("rock", ...; 16 clips each genre per batch): genre adherence without other words.
 - Unconditional clips: how grammatical the model is without a prompt.
 - The same for the untrained model (random weights, same shapes) as the baseline, and the
   log-likelihood of fresh procedural clips as the reference for quality.
@@ -84,25 +85,31 @@ def _summary(df: pd.DataFrame) -> dict[str, float]:
             "none_rate": round(float((df[list(FACTORS)] == "none").any(axis=1).mean()), 4)}
 
 
-def evaluate_model(model, seed: int = 0, seconds: float = 6.0) -> dict:
-    """Adherence and quality of one model (see module docstring)."""
+def evaluate_model(model, seed: int = 0, seconds: float = 6.0, repeats: int = 1) -> dict:
+    """Adherence and quality of one model (see module docstring); ``repeats`` batches of every prompt
+    set, from seeds ``seed + 10 * r``."""
     prompts, labels = full_prompts()
-    t0 = time.monotonic()
-    codes = _generate(model, prompts, seed, seconds)
-    full = score(codes)
-    segments = score(codes, segment_seconds=1.0)
-    segment_labels = [labels[c] for c in segments["clip"]]
     genre_prompts = [g for g in GENRES for _ in range(16)]
-    genre_only = score(_generate(model, genre_prompts, seed + 1, seconds))
-    uncond = score(_generate(model, [None] * 16, seed + 2, seconds))
+    t0 = time.monotonic()
+    full, segments, genre_only, uncond = [], [], [], []
+    for r in range(repeats):
+        s = seed + 10 * r
+        codes = _generate(model, prompts, s, seconds)
+        full.append(score(codes))
+        segments.append(score(codes, segment_seconds=1.0))
+        genre_only.append(score(_generate(model, genre_prompts, s + 1, seconds)))
+        uncond.append(score(_generate(model, [None] * 16, s + 2, seconds)))
+    full, genre_only, uncond = (pd.concat(x, ignore_index=True) for x in (full, genre_only, uncond))
+    segment_labels = [labels[c] for seg in segments for c in seg["clip"]]
+    segments = pd.concat(segments, ignore_index=True)
     return {
-        "full_prompt_adherence": {k: round(v, 4) for k, v in adherence(full, labels).items()},
+        "full_prompt_adherence": {k: round(v, 4) for k, v in adherence(full, labels * repeats).items()},
         "full_prompt_quality": _summary(full),
         "full_prompt_adherence_1s_segments": {k: round(v, 4) for k, v in adherence(segments, segment_labels).items()},
-        "genre_only_adherence": round(float(np.mean(genre_only.genre.to_numpy() == np.asarray(genre_prompts))), 4),
+        "genre_only_adherence": round(float(np.mean(genre_only.genre.to_numpy() == np.asarray(genre_prompts * repeats))), 4),
         "genre_only_quality": _summary(genre_only),
         "unconditional_quality": _summary(uncond),
-        "seconds": seconds, "clips": len(prompts) + len(genre_prompts) + 16,
+        "seconds": seconds, "repeats": repeats, "clips": repeats * (len(prompts) + len(genre_prompts) + 16),
         "wall_s": round(time.monotonic() - t0, 1),
     }
 
@@ -131,7 +138,7 @@ def _mean_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, valid: torch.Tensor
 
 
 @torch.no_grad()
-def padding_comparison(musicgen: tp.Any, seed: int = 0, seconds: float = 6.0) -> dict:
+def padding_comparison(musicgen: tp.Any, seed: int = 0, seconds: float = 6.0, repeats: int = 1) -> dict:
     """Adherence and next-token KL of the two ways to read a prompt (see the module docstring)."""
     from ..hooked import HookedMusicGen
     fixed = HookedMusicGen(musicgen, name="testbed")
@@ -140,10 +147,14 @@ def padding_comparison(musicgen: tp.Any, seed: int = 0, seconds: float = 6.0) ->
     genre_prompts = [g for g in GENRES for _ in range(16)]
     out: dict[str, tp.Any] = {}
     for name, model in (("audiocraft_fixed_slots", fixed), ("transformers_masked", masked)):
-        full = score(model.generate(prompts, seconds, seed=seed, decode=False).codes)
-        genre = score(model.generate(genre_prompts, seconds, seed=seed + 1, decode=False).codes)
-        out[name] = {"full_prompt_adherence": {k: round(v, 4) for k, v in adherence(full, labels).items()},
-                     "genre_only_adherence": round(float(np.mean(genre.genre.to_numpy() == np.asarray(genre_prompts))), 4),
+        full, genre = [], []
+        for r in range(repeats):
+            full.append(score(model.generate(prompts, seconds, seed=seed + 10 * r, decode=False).codes))
+            genre.append(score(model.generate(genre_prompts, seconds, seed=seed + 10 * r + 1, decode=False).codes))
+        full, genre = pd.concat(full, ignore_index=True), pd.concat(genre, ignore_index=True)
+        out[name] = {"full_prompt_adherence": {k: round(v, 4) for k, v in adherence(full, labels * repeats).items()},
+                     "genre_only_adherence": round(float(np.mean(genre.genre.to_numpy()
+                                                                 == np.asarray(genre_prompts * repeats))), 4),
                      "full_prompt_loglik": round(float(full.loglik.mean()), 4)}
     clips = make_dataset(64, int(round(seconds * FRAME_RATE)), seed=seed + 555, mention_prob=1.0)
     codes = stack_codes(clips)
@@ -162,17 +173,19 @@ def padding_comparison(musicgen: tp.Any, seed: int = 0, seconds: float = 6.0) ->
     return out
 
 
-def evaluate(weights: str | os.PathLike | None = None, seed: int = 0, seconds: float = 6.0) -> dict:
-    """Evaluate the trained model beside the untrained baseline and procedural clips."""
+def evaluate(weights: str | os.PathLike | None = None, seed: int = 0, seconds: float = 6.0,
+             repeats: int = 3) -> dict:
+    """Evaluate the trained model (``repeats`` seeds) beside the untrained baseline (one seed),
+    procedural clips and the two ways of padding prompts."""
     trained = load_testbed_musicgen(weights)
     untrained = build_testbed_musicgen(trained.lm.testbed_config, seed=seed + 12345)
     frames = int(round(seconds * FRAME_RATE))
     procedural = score(stack_codes(make_dataset(64, frames, seed=seed + 777)))
     return {
-        "trained": evaluate_model(trained, seed, seconds),
-        "untrained": evaluate_model(untrained, seed, seconds),
+        "trained": evaluate_model(trained, seed, seconds, repeats),
+        "untrained": evaluate_model(untrained, seed, seconds, 1),
         "procedural": _summary(procedural),
-        "padding": padding_comparison(trained, seed, seconds),
+        "padding": padding_comparison(trained, seed, seconds, repeats),
         "seed": seed,
     }
 
@@ -199,11 +212,12 @@ def main(argv: tp.Sequence[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="weights directory (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--repeats", type=int, default=3, help="seeds per prompt set for the trained model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only; leave manifest and examples")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = evaluate(args.weights, args.seed, args.seconds)
+    results = evaluate(args.weights, args.seed, args.seconds, args.repeats)
     print(json.dumps(results, indent=2))
     if args.no_write:
         return
