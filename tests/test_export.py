@@ -19,7 +19,8 @@ import torch
 
 import mstools
 from mstools.testbed import score
-from mstools.testbed.evaluate_testbed import adherence, full_prompts
+from mstools.testbed.music import full_prompts
+from mstools.testbed.score import adherence
 
 HERE = Path(__file__).resolve().parent
 SECONDS = 6.0
@@ -54,15 +55,25 @@ def test_folder_holds_a_standard_musicgen(exported_testbed):
     assert gen["num_return_sequences"] == 1
 
 
-def test_processor_fills_every_prompt_to_the_testbed_slots(exported_testbed):
+def test_processor_tokenizes_as_the_testbed_conditioner(exported_testbed):
+    """transformers' processor pads to the longest prompt and masks the padding; its ids are the
+    conditioner's own (words lower-cased, punctuation dropped, ``</s>`` appended)."""
     from transformers import AutoProcessor
+    from mstools.testbed.text import EOS_ID, PAD_ID
     processor = AutoProcessor.from_pretrained(str(exported_testbed))
-    out = processor(text=["fast rock with brass", "jazz", "Loud, slow classical piano!"],
-                    padding=True, return_tensors="pt")
-    assert out["input_ids"].shape == (3, 8) and bool(out["attention_mask"].all())
-    assert out["input_ids"][1].tolist()[:7] == [0] * 7               # <pad> words, mask 1
-    assert processor.tokenizer.convert_ids_to_tokens(out["input_ids"][2, -4:].tolist()) == [
-        "loud", "slow", "classical", "piano"]
+    texts = ["fast rock with brass", "jazz", "Loud, slow classical piano!"]
+    out = processor(text=texts, padding=True, return_tensors="pt")
+    assert out["input_ids"].shape == (3, 5)
+    assert out["attention_mask"].sum(-1).tolist() == [5, 2, 5]
+    assert out["input_ids"][1].tolist() == [out["input_ids"][1, 0].item(), EOS_ID] + [PAD_ID] * 3
+    assert processor.tokenizer.convert_ids_to_tokens(out["input_ids"][2].tolist()) == [
+        "loud", "slow", "classical", "piano", "</s>"]
+    conditioner = mstools.testbed.load_testbed_musicgen().lm.condition_provider.conditioners["description"]
+    for row, text in enumerate(texts):
+        ids = conditioner.tokenize([text])["input_ids"][0]
+        n = int(out["attention_mask"][row].sum())
+        assert ids[:n].tolist() == out["input_ids"][row, :n].tolist()
+        assert bool((ids[n:] == PAD_ID).all())
 
 
 def test_mstools_testbed_on_transformers_is_the_composite(exported_testbed):
@@ -80,25 +91,32 @@ def test_mstools_testbed_on_transformers_is_the_composite(exported_testbed):
 
 
 def test_the_folder_generates_what_mstools_generates(exported_testbed):
-    """transformers' own generate on the loaded folder = mstools' generate (both backends)."""
+    """transformers' own generate on the loaded folder against mstools' generate (both backends).
+
+    The folder reads a prompt as transformers does (padding masked), mstools as audiocraft does
+    (fixed slots, unmasked); the testbed is trained on both, so from the same seed the two sample
+    nearly the same tokens (the export check measures the distributions: KL per token). mstools'
+    two backends give identical codes.
+    """
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
     from _seed_reference import generate_codes
     model = MusicgenForConditionalGeneration.from_pretrained(str(exported_testbed)).eval()
     processor = AutoProcessor.from_pretrained(str(exported_testbed))
     prompts = ["fast rock with brass", "soft classical piano"]
     codes = generate_codes(model, processor, prompts, 23, seed=3)
-    for backend in ("audiocraft", "transformers"):
-        ours = mstools.load_musicgen("testbed", device="cpu", backend=backend)
-        assert torch.equal(ours.generate(prompts, 2.0, seed=3).codes, codes), backend
+    ours = {backend: mstools.load_musicgen("testbed", device="cpu", backend=backend).generate(
+        prompts, 2.0, seed=3).codes for backend in ("audiocraft", "transformers")}
+    assert torch.equal(ours["audiocraft"], ours["transformers"])
+    assert (ours["audiocraft"] == codes).float().mean() >= 0.9
 
 
 def test_outside_code_runs_and_scores_as_mstools(exported_testbed, tmp_path):
     """The seed authors' style code, in a process without mstools: unsteered and with their hook on
     layer 2 (conditional half, every 25th call). Its clips score at mstools' adherence.
 
-    Tolerance: one clip in n per factor. Both runs sample the same distributions from the same seed,
-    so the codes are expected to be identical (asserted for >= 99 % of tokens); a float rounding
-    difference between processes may flip a sampled token, and one slip can change one clip's label.
+    Tolerance: one clip in n per factor. Both runs sample nearly the same distributions (padding
+    masked there, unmasked slots here) from the same seed, so most tokens agree; one slip can change
+    one clip's label.
     """
     prompts, labels = full_prompts()
     prompts, labels = prompts[::8], labels[::8]                    # 8 prompts naming all factors
@@ -109,7 +127,7 @@ def test_outside_code_runs_and_scores_as_mstools(exported_testbed, tmp_path):
     assert plain["codes"].shape == (n, 4, int(SECONDS * 10))
     assert plain["audio"].shape == (n, 1, int(SECONDS * 16000)) and plain["sampling_rate"] == 16000
     ours = mstools.load_musicgen("testbed", device="cpu").generate(prompts, SECONDS, seed=0).codes
-    assert (plain["codes"] == ours).float().mean() >= 0.99
+    assert (plain["codes"] == ours).float().mean() >= 0.75
     a_out = adherence(score(plain["codes"]), labels)
     a_ours = adherence(score(ours), labels)
     for factor in a_ours:
@@ -120,7 +138,7 @@ def test_outside_code_runs_and_scores_as_mstools(exported_testbed, tmp_path):
 
     # with the released hook on layer 2: it runs and changes the clips
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(96, generator=g)
+    v = torch.randn(mstools.load_musicgen("testbed").d_model, generator=g)
     steered = run_outside(exported_testbed, tmp_path / "steered.pt", prompts=prompts, seed=0,
                           max_new_tokens=NEW_TOKENS,
                           steer={"vectors": {"2": (v / v.norm()).tolist()}, "strength": 1.0,
@@ -155,7 +173,8 @@ def test_export_command_writes_a_checked_folder(tmp_path):
                  "--out", str(tmp_path / "hf")]) == 0
     report = json.loads((tmp_path / "hf" / "mstools_export.json").read_text())
     check = report["check"]
-    assert check["max_logit_gap"] < 1e-4
+    assert check["decoder_logit_gap"] < 1e-4 and check["unconditional_logit_gap"] < 1e-4
+    assert check["processor_kl"] < 0.01 and check["processor_argmax_agreement"] >= 0.95
     assert check["decoder_snr_db_grammar"] > 60.0
     assert min(check["encode_accuracy_grammar"]) >= 0.99
     with pytest.raises(ValueError, match="testbed"):
@@ -163,55 +182,18 @@ def test_export_command_writes_a_checked_folder(tmp_path):
         export_transformers(tmp_path / "x", model="facebook/musicgen-small")
 
 
-class _T5SlotConditioner:
-    """A T5 text conditioner on audiocraft's API: a transformers T5 encoder and tokenizer, prompts padded to fixed slots, T5 with its attention mask,
-    ``output_proj`` (Linear with bias), times the mask; the null condition is zeros."""
-
-    @staticmethod
-    def make(output_dim: int, slots: int = 16):
-        from audiocraft.modules.conditioners import TextConditioner
-        from transformers import T5Config, T5EncoderModel
-        from mstools.model.backends.hf_models import offline_tokenizer
-
-        class Conditioner(TextConditioner):
-            def __init__(self):
-                torch.manual_seed(3)
-                t5 = T5EncoderModel(T5Config(vocab_size=600, d_model=24, d_kv=8, d_ff=48, num_layers=2,
-                                             num_heads=3, dropout_rate=0.0, is_encoder_decoder=False))
-                super().__init__(24, output_dim)
-                self.t5, self.tokenizer, self.slots = t5.eval(), offline_tokenizer(600), slots
-                with torch.no_grad():
-                    self.output_proj.bias.normal_()
-
-            def tokenize(self, x):
-                ids = torch.zeros(len(x), self.slots, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for row, text in enumerate(x):
-                    if text is not None:
-                        tokens = self.tokenizer(text)["input_ids"]
-                        ids[row, :len(tokens)] = torch.tensor(tokens)
-                        mask[row, :len(tokens)] = 1
-                return {"input_ids": ids, "attention_mask": mask}
-
-            def forward(self, inputs):
-                hidden = self.t5(**inputs).last_hidden_state
-                mask = inputs["attention_mask"]
-                return self.output_proj(hidden) * mask[..., None], mask
-
-        return Conditioner()
-
-
-def test_a_t5_conditioner_testbed_is_one_model_on_both_backends():
-    """A testbed whose conditioner is a T5 encoder: the composite takes its T5,
-    tokenizer and output_proj, and mstools reads prompts as audiocraft does (fixed slots, no mask)."""
+def test_an_untrained_t5_testbed_is_one_model_on_both_backends():
+    """The testbed's T5 conditioner on transformers: the composite takes its T5, tokenizer and
+    output_proj, and mstools reads prompts as audiocraft does (fixed slots, no mask), also for a
+    freshly initialised testbed (no trained weights involved)."""
     from mstools.model.loading import testbed_on_transformers
     from mstools.model.hooked import HookedMusicGen
     from mstools.testbed import build_testbed_musicgen
+    from mstools.testbed.text import TEXT_CONFIG
     mg = build_testbed_musicgen(seed=0)
-    mg.lm.condition_provider.conditioners["description"] = _T5SlotConditioner.make(96)
     ac = HookedMusicGen(mg, name="t5-testbed")
     hf = HookedMusicGen(testbed_on_transformers(mg), name="t5-testbed")
-    assert hf.backend.text.slots == 16 and ac.fingerprint == hf.fingerprint
+    assert hf.backend.text.slots == TEXT_CONFIG["slots"] and ac.fingerprint == hf.fingerprint
     prompts = ["fast rock with brass", None, "soft jazz"]
     codes = torch.randint(0, 32, (3, 4, 20), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(hf(codes, prompts), ac(codes, prompts), atol=1e-4, rtol=0)

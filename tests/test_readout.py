@@ -156,7 +156,7 @@ def test_second_index_boundaries():
 
 
 def test_clear_errors(model, clips):
-    with pytest.raises(ValueError, match="96 features"):
+    with pytest.raises(ValueError, match=f"{model.d_model} features"):
         per_second(model, clips, PROMPTS, H, torch.ones(5))
     with pytest.raises(ValueError, match="all zeros"):
         per_second(model, clips, PROMPTS, H, torch.zeros(model.d_model))

@@ -71,34 +71,48 @@ def test_generate_with_random_weights(model):
 def test_condition_tensor_and_logits_do_not_depend_on_the_batch(model):
     lm = model.lm
     provider = lm.condition_provider
+    slots = lm.condition_provider.conditioners["description"].slots
     alone = provider(provider.tokenize(_conds(["jazz"])))["description"]
     batch = provider(provider.tokenize(_conds(["jazz", "loud fast rock with brass", None])))["description"]
-    assert alone[0].shape == (1, 8, lm.dim)
-    assert torch.equal(alone[0][0], batch[0][0]) and torch.equal(alone[1][0], batch[1][0])
+    assert alone[0].shape == (1, slots, lm.dim)
+    assert torch.allclose(alone[0][0], batch[0][0], atol=1e-6) and torch.equal(alone[1][0], batch[1][0])
     codes = torch.randint(0, 32, (1, 4, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         one = lm.compute_predictions(codes, _conds(["jazz"])).logits
         many = lm.compute_predictions(codes.repeat(3, 1, 1), _conds(["jazz", "soft slow classical with piano", None])).logits
         # negative control: the same words with fewer padding slots give other activations
-        tokens, mask = provider.tokenize(_conds(["jazz"]))["description"]
-        short = provider.conditioners["description"]((tokens[:, :2], mask[:, :2]))
+        tokens = provider.tokenize(_conds(["jazz"]))["description"]
+        short = provider.conditioners["description"]({k: v[:, :2] for k, v in tokens.items()})
         other = lm.compute_predictions(codes, [], condition_tensors={"description": short}).logits
     valid = ~torch.isnan(one)
     assert torch.allclose(one[valid], many[:1][valid], atol=1e-5)
     assert not torch.allclose(one[valid], other[valid], atol=1e-3)
 
 
-def test_conditioner_words_null_and_errors(model):
+def test_conditioner_tokens_unknown_words_null_and_errors(model):
     cond = model.lm.condition_provider.conditioners["description"]
-    tokens, mask = cond.tokenize(["Soft, classical PIANO", None])
-    assert tokens[0, :3].tolist() == [cond.word_to_id[w] for w in ("soft", "classical", "piano")]
-    assert mask.tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [0] * 8]
-    emb, _ = cond((tokens, mask))
-    assert torch.count_nonzero(emb[1]) == 0 and torch.count_nonzero(emb[0, 3:]) == 0
-    with pytest.raises(ValueError, match="guitar"):
-        cond.tokenize(["rock with guitar"])
-    with pytest.raises(ValueError, match="at most 8"):
-        cond.tokenize(["rock " * 9])
+    vocab = cond.tokenizer.get_vocab()
+    inputs = cond.tokenize(["Soft, classical PIANO", None, "café 流行音乐 🎸 jazz"])
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert ids[0, :4].tolist() == [vocab["soft"], vocab["classical"], vocab["piano"], 1]   # </s> appended
+    assert mask.sum(-1).tolist() == [4, 0, 5]
+    assert ids[2, :5].tolist() == [2, 2, 2, vocab["jazz"], 1]            # unknown words are <unk>, not dropped
+    assert (ids[1] == 0).all() and ids.shape[1] == cond.slots
+    emb, _ = cond(inputs)
+    assert torch.count_nonzero(emb[1]) == 0 and torch.count_nonzero(emb[0, 4:]) == 0
+    assert torch.count_nonzero(emb[0, :4]) > 0
+    with pytest.raises(ValueError, match=f"at most {cond.slots}"):
+        cond.tokenize(["rock " * cond.slots])
+
+
+def test_text_conditioner_is_t5_and_output_proj_maps_to_the_lm_width(model):
+    from transformers import T5EncoderModel
+    cond = model.lm.condition_provider.conditioners["description"]
+    assert isinstance(cond.t5, T5EncoderModel)
+    assert cond.output_proj.in_features == cond.t5.config.d_model and cond.output_proj.out_features == model.lm.dim
+    assert cond.output_proj.bias is not None
+    keys = [k for k in model.lm.state_dict() if k.startswith("condition_provider.conditioners.description.t5.")]
+    assert keys and all(k.split("description.t5.", 1)[1] in cond.t5.state_dict() for k in keys)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -128,6 +142,12 @@ def _corrupt_copies_are_refused(src_dir, tmp_path):
     (bad / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="mstools.testbed.train"):
         load_testbed_musicgen(bad)
+    bad2 = tmp_path / "bad2"
+    shutil.copytree(src_dir, bad2, ignore=shutil.ignore_patterns("checkpoints"))
+    vocab = bad2 / "text_encoder" / "tokenizer.json"
+    vocab.write_text(vocab.read_text().replace('"rock"', '"rokk"'))
+    with pytest.raises(ValueError, match="corrupt or half-written"):
+        load_testbed_musicgen(bad2)
 
 
 def test_smoke_training_end_to_end_then_load(tmp_path):
@@ -151,7 +171,7 @@ trained = pytest.mark.skipif(not (WEIGHTS_DIR / "manifest.json").exists(), reaso
 def test_shipped_weights_load_verified_and_follow_prompts(tmp_path):
     manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text())
     weights = WEIGHTS_DIR / manifest["weights"]
-    assert file_sha256(weights) == manifest["sha256"] and weights.stat().st_size <= 8 * 2 ** 20
+    assert file_sha256(weights) == manifest["sha256"] and weights.stat().st_size <= 16 * 2 ** 20
     model = load_testbed_musicgen()
     model.set_generation_params(duration=3.0)
     torch.manual_seed(0)

@@ -98,3 +98,21 @@ def test_genre_hidden_from_unigram_histograms_but_read_from_order():
     assert uni <= 0.6
     assert bi >= 0.95
     assert pair_acc >= 0.95          # histograms narrow genre to a pair, no further
+
+
+@pytest.mark.parametrize("factor", list(FACTORS))
+def test_switch_clips_join_two_grammar_clips_at_a_phrase_boundary(factor):
+    from mstools.testbed.music import NOTES_PER_PHRASE, sample_switch_clip
+    from mstools.testbed.score import score
+    for seed in range(12):
+        clip = sample_switch_clip(seed, frames=64, factor=factor)
+        sw = clip.switch
+        assert sw["factor"] == factor and sw["to"] != clip.labels[factor] and 16 <= sw["frame"] <= 56
+        assert (sw["frame"] + clip.offset) % (NOTES_PER_PHRASE * NOTE_FRAMES[clip.labels["tempo"]]) == 0
+        before, after = score(clip.codes[:, :sw["frame"]]).iloc[0], score(clip.codes[:, sw["frame"]:]).iloc[0]
+        assert before.error_rate == 0 and after.error_rate == 0
+        assert before[factor] == clip.labels[factor] and after[factor] == sw["to"]
+        for other in set(FACTORS) - {factor}:
+            assert before[other] == after[other] == clip.labels[other]
+    assert sample_switch_clip(3, frames=64, factor="genre").codes.equal(
+        sample_switch_clip(3, frames=64, factor="genre").codes)

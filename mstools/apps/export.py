@@ -55,8 +55,14 @@ def check_export(folder: str | Path, musicgen: Any = None, *, n: int = 16, secon
                  seed: int = 1234) -> dict[str, Any]:
     """Load ``folder`` with transformers alone and measure it against the audiocraft testbed.
 
-    - ``max_logit_gap``: largest |logit difference| between ``model(**processor(text), decoder_input_ids)``
-      and audiocraft's LM on procedural clips with their prompts (and with no prompt);
+    - ``decoder_logit_gap``: largest |logit difference| between the folder's decoder and audiocraft's
+      LM given the same condition (mstools' reading of the prompts: fixed slots, no mask), on
+      procedural clips with their prompts;
+    - ``unconditional_logit_gap``: the same with no prompt (transformers' null condition);
+    - ``processor_kl`` / ``processor_argmax_agreement``: transformers' own reading of the prompts
+      (``model(**processor(text))``, padding masked) against mstools' reading: mean KL divergence
+      (nats per token) of the next-token distributions and the share of positions whose most
+      likely token agrees. The two readings differ by design (the testbed is trained on both).
     - ``decoder_snr_db_grammar`` / ``decoder_snr_db_random``: SNR of ``audio_encoder.decode`` against
       ``SynthCodec.decode`` on procedural clips / uniformly random tokens;
     - ``encode_accuracy_grammar`` / ``encode_accuracy_random``: share of tokens per codebook that
@@ -71,18 +77,27 @@ def check_export(folder: str | Path, musicgen: Any = None, *, n: int = 16, secon
     lm = musicgen.lm
     steps = delay_sequence(codes, int(lm.card))
     b, k, s = steps.shape
-    uncond = model.get_unconditional_inputs(n)   # transformers' null condition
-    gaps = []
-    for texts, inputs in ((prompts, processor(text=prompts, padding=True, return_tensors="pt")),
-                          ([None] * n, {"encoder_outputs": uncond["encoder_outputs"],
-                                        "attention_mask": uncond["attention_mask"]})):
-        with torch.no_grad():
-            hf = model(**inputs, decoder_input_ids=steps.reshape(b * k, s)).logits.reshape(b, k, s, -1)
-            attrs, _ = musicgen._prepare_tokens_and_attributes(list(texts), None)
-            ac = lm(steps, conditions=attrs)
-        gaps.append(float((hf - ac).abs().max()))
+    flat = steps.reshape(b * k, s)
+    with torch.no_grad():
+        attrs, _ = musicgen._prepare_tokens_and_attributes(list(prompts), None)
+        ours = lm(steps, conditions=attrs)
+        provider = lm.condition_provider
+        condition = provider(provider.tokenize(attrs))["description"][0]
+        decoder = model.decoder(input_ids=flat, encoder_hidden_states=condition).logits.reshape(b, k, s, -1)
+        inputs = processor(text=prompts, padding=True, return_tensors="pt")
+        theirs = model(**inputs, decoder_input_ids=flat).logits.reshape(b, k, s, -1)
+        null = model.get_unconditional_inputs(n)
+        uncond = model(encoder_outputs=null["encoder_outputs"], attention_mask=null["attention_mask"],
+                       decoder_input_ids=flat).logits.reshape(b, k, s, -1)
+        attrs, _ = musicgen._prepare_tokens_and_attributes([None] * n, None)
+        ours_uncond = lm(steps, conditions=attrs)
+    lp_ours, lp_theirs = ours.log_softmax(-1), theirs.log_softmax(-1)
+    kl = (lp_ours.exp() * (lp_ours - lp_theirs)).sum(-1).mean()
+    agree = (ours.argmax(-1) == theirs.argmax(-1)).float().mean()
     enc = model.audio_encoder
-    return {"max_logit_gap": max(gaps),
+    return {"decoder_logit_gap": float((decoder - ours).abs().max()),
+            "unconditional_logit_gap": float((uncond - ours_uncond).abs().max()),
+            "processor_kl": float(kl), "processor_argmax_agreement": round(float(agree), 4),
             "decoder_snr_db_grammar": round(decoder_snr(enc, codes), 2),
             "decoder_snr_db_random": round(decoder_snr(enc, rand), 2),
             "encode_accuracy_grammar": [round(v, 4) for v in encode_accuracy(enc, codes)],

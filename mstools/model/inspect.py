@@ -89,7 +89,7 @@ def text_conditioner(model: Any) -> str:
     :func:`mstools.model.backends.transformers_backend.backend_from_audiocraft`).
 
     Returns:
-        One line, e.g. ``"description: WordConditioner (audiocraft)"``.
+        One line, e.g. ``"description: T5TextConditioner (audiocraft)"``.
 
     >>> text_conditioner(mstools.load_musicgen("testbed", backend="transformers"))
     'T5EncoderModel + enc_to_dec_proj (transformers encoder_hidden_states)'

@@ -50,6 +50,7 @@ True
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 import typing as tp
 
@@ -59,11 +60,11 @@ import torch
 __all__ = [
     "GENRES", "TEMPOS", "INSTRUMENTS", "DYNAMICS", "FACTORS", "CARD", "NUM_CODEBOOKS",
     "FRAME_RATE", "SAMPLE_RATE", "DATA_VERSION", "NOTE_FRAMES", "NOTES_PER_PHRASE", "SCALES",
-    "GENRE_SPEC", "GenreSpec", "VOCABULARY", "Clip", "sample_clip", "make_dataset", "compose_prompt",
-    "stack_codes", "render_codes", "reference_clips",
+    "GENRE_SPEC", "GenreSpec", "VOCABULARY", "Clip", "sample_clip", "sample_switch_clip", "make_dataset",
+    "compose_prompt", "stack_codes", "render_codes", "reference_clips", "full_prompts",
 ]
 
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 
 GENRES: tuple[str, ...] = ("rock", "jazz", "classical", "electronic")
 TEMPOS: tuple[str, ...] = ("slow", "fast")
@@ -118,7 +119,8 @@ GENRE_SPEC: dict[str, GenreSpec] = {
     "jazz": GenreSpec("minor", (_T, _SH, _SH, _R), -1),
 }
 
-# Words the text conditioner knows: every label plus two fillers used in training prompts.
+# Words of the canonical prompts (compose_prompt): every label plus two fillers. The text encoder
+# knows more words (synonyms and fillers of the training captions, mstools.testbed.captions).
 FILLER_WORDS: tuple[str, ...] = ("with", "music")
 VOCABULARY: tuple[str, ...] = GENRES + TEMPOS + INSTRUMENTS + DYNAMICS + FILLER_WORDS
 
@@ -132,12 +134,16 @@ class Clip:
         labels: factor name -> label, e.g. ``{"genre": "rock", "tempo": "fast", ...}``.
         prompt: text description; each attribute is mentioned or omitted at random.
         offset: phase of frame 0 inside a phrase, in frames (hidden variable of the grammar).
+        switch: for a clip made by :func:`sample_switch_clip`, ``{"factor", "frame", "to"}`` (the
+            factor that changes, the first frame of the new value, the new value); else None.
+            ``labels`` and ``prompt`` then describe the start of the clip.
     """
 
     codes: torch.Tensor
     labels: dict[str, str]
     prompt: str
     offset: int = 0
+    switch: dict | None = None
 
 
 def _rng(rng_or_seed: np.random.Generator | int) -> np.random.Generator:
@@ -237,13 +243,53 @@ def sample_clip(rng_or_seed: np.random.Generator | int, frames: int, *, mention_
               for f, values in FACTORS.items()}
     length = NOTE_FRAMES[labels["tempo"]]
     offset = int(rng.integers(NOTES_PER_PHRASE * length))
+    codes = _render_random(labels, frames, offset, rng)
+    prompt = compose_prompt(labels, rng, mention_prob)
+    return Clip(torch.from_numpy(codes), labels, prompt, offset)
+
+
+def _render_random(labels: dict[str, str], frames: int, offset: int, rng: np.random.Generator) -> np.ndarray:
+    """Codes for given labels and phase, with the hidden choices (start degrees, accents) drawn."""
+    length = NOTE_FRAMES[labels["tempo"]]
     n_notes = (frames + offset - 1) // length + 1
     n_phrases = (frames + offset - 1) // (length * NOTES_PER_PHRASE) + 1
     start_degrees = rng.integers(NUM_START_DEGREES, size=n_phrases)
     accents = (rng.random(n_notes) < ACCENT_PROB).astype(np.int64)
-    codes = render_codes(labels, frames, offset, start_degrees, accents)
-    prompt = compose_prompt(labels, rng, mention_prob)
-    return Clip(torch.from_numpy(codes), labels, prompt, offset)
+    return render_codes(labels, frames, offset, start_degrees, accents)
+
+
+def sample_switch_clip(rng_or_seed: np.random.Generator | int, frames: int, factor: str, *,
+                       mention_prob: float = 0.7, earliest: float = 0.25, latest: float = 0.875,
+                       **fixed_labels: str) -> Clip:
+    """A clip whose ``factor`` changes once, at a phrase boundary (e.g. rock turning into jazz).
+
+    Two grammar clips joined: the first (labels drawn as in :func:`sample_clip`) up to a phrase
+    boundary chosen uniformly between ``earliest`` and ``latest`` of the clip, then a clip with
+    ``factor`` set to another value (uniform), starting on a phrase boundary. Each part is a
+    valid grammar clip (score the parts with ``score(codes, segment_seconds=...)``); the whole
+    clip is not one. ``labels`` and ``prompt`` describe the start; ``switch`` holds the change.
+    Without a phrase boundary in that range the clip does not switch (``switch`` is None).
+
+    Example:
+        >>> clip = sample_switch_clip(0, frames=64, factor="genre", genre="rock", tempo="fast")
+        >>> clip.labels["genre"], clip.switch["factor"], clip.switch["to"] != "rock"
+        ('rock', 'genre', True)
+    """
+    if factor not in FACTORS:
+        raise ValueError(f"unknown factor {factor!r}; factors are {list(FACTORS)}")
+    rng = _rng(rng_or_seed)
+    first = sample_clip(rng, frames, mention_prob=mention_prob, **fixed_labels)
+    phrase = NOTES_PER_PHRASE * NOTE_FRAMES[first.labels["tempo"]]
+    lo, hi = max(1, int(earliest * frames)), min(frames - 1, int(latest * frames))
+    bounds = [f for f in range(lo, hi + 1) if (f + first.offset) % phrase == 0]
+    if not bounds:
+        return first
+    at = int(bounds[rng.integers(len(bounds))])
+    others = [v for v in FACTORS[factor] if v != first.labels[factor]]
+    to = str(others[rng.integers(len(others))])
+    rest = _render_random({**first.labels, factor: to}, frames - at, 0, rng)
+    codes = torch.cat([first.codes[:, :at], torch.from_numpy(rest)], dim=1)
+    return Clip(codes, first.labels, first.prompt, first.offset, {"factor": factor, "frame": at, "to": to})
 
 
 def make_dataset(n: int, frames: int, seed: int, *, mention_prob: float = 0.7,
@@ -281,3 +327,17 @@ def reference_clips(n: int = 32, seconds: float = 6.0) -> tuple[torch.Tensor, li
     """
     clips = make_dataset(n, frames=int(round(seconds * FRAME_RATE)), seed=12345)
     return stack_codes(clips), [c.prompt for c in clips]
+
+
+def full_prompts() -> tuple[list[str], list[dict[str, str]]]:
+    """The 64 prompts naming every factor, with their labels.
+
+    >>> prompts, labels = full_prompts()
+    >>> prompts[0], labels[0]["genre"]
+    ('soft slow rock with piano', 'rock')
+    """
+    prompts, labels = [], []
+    for dyn, tempo, genre, inst in itertools.product(DYNAMICS, TEMPOS, GENRES, INSTRUMENTS):
+        prompts.append(f"{dyn} {tempo} {genre} with {inst}")
+        labels.append({"genre": genre, "tempo": tempo, "instrument": inst, "dynamics": dyn})
+    return prompts, labels

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+import typing as tp
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ from mstools.testbed.music import (
     NUM_START_DEGREES, RUN_SPAN, SCALES, TEMPOS,
 )
 
-__all__ = ["score", "score_segment", "NOISE", "NONE_ERROR_RATE"]
+__all__ = ["score", "score_segment", "adherence", "NOISE", "NONE_ERROR_RATE"]
 
 NOISE = 0.02
 NONE_ERROR_RATE = 0.2
@@ -170,3 +171,14 @@ def score(codes: torch.Tensor | np.ndarray, segment_seconds: float | None = None
                          **score_segment(x[b, :, s:e])})
     columns = ["clip", "segment", "start_s", "end_s", *FACTORS, "loglik", "error_rate"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def adherence(scores: pd.DataFrame, labels: tp.Sequence[dict[str, str]]) -> dict[str, float]:
+    """Share of clips whose grammar label equals the requested label, per requested factor."""
+    out = {}
+    for factor in FACTORS:
+        wanted = [lab.get(factor) for lab in labels]
+        if any(w is None for w in wanted):
+            continue
+        out[factor] = float(np.mean(scores[factor].to_numpy() == np.asarray(wanted)))
+    return out

@@ -109,7 +109,7 @@ class T5TextEncoder(TextEncoder):
 
 
 class AudiocraftTextEncoder(TextEncoder):
-    """An audiocraft ``LMModel``'s own conditioners (the testbed's word conditioner): the
+    """An audiocraft ``LMModel``'s own conditioners (the testbed's T5 conditioner): the
     cross-attention source audiocraft computes, unconditional rows as audiocraft nullifies them
     (``ClassifierFreeGuidanceDropout(p=1)``). No mask: audiocraft's cross-attention has none."""
 
