@@ -60,6 +60,7 @@ import torch
 from mstools.core.errors import BadInputError
 from mstools.model.hooked import Cache, HookedMusicGen
 from mstools.core.names import NamesFilter
+from mstools.core.memory import young_collections_only
 from mstools.data.pooling import Pooling, as_pooling
 from mstools.data.sources import Item, audio_info, describe_source, load_audio
 from mstools.data.store import ActivationStore
@@ -423,7 +424,8 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
         bar = tqdm(total=total, desc=desc, unit="clip")
     try:
         # merged once at the end, in the source's order (not by the writer)
-        with store.writer(shard_rows=shard_rows, rank=rank, world_size=world_size, merge=False) as writer:
+        with young_collections_only(), \
+                store.writer(shard_rows=shard_rows, rank=rank, world_size=world_size, merge=False) as writer:
             for batch in _plan(model, source, batch_size, seed, duration, clip_ids):
                 mine = batch.index % world_size == rank
                 todo = [it for it in batch.items if it.clip_id not in done] if mine else []
@@ -434,12 +436,17 @@ def cache_activations(model: HookedMusicGen, source: Iterable[Item], out: str | 
                         ids = [it.clip_id for it in batch.items]
                         err.add_note(f"(while caching batch {batch.index}: clips {ids})")
                         raise
-                    for i, item in enumerate(batch.items):
-                        if item.clip_id in done:
-                            continue
-                        for branch in branches:
-                            writer.add([item.clip_id], {h: acts[branch][h][i:i + 1] for h in names},
-                                       [_labels(item)], branch=branch)
+                    rows = [i for i, item in enumerate(batch.items) if item.clip_id not in done]
+                    if len(branches) == 1:   # the batch's clips in one call
+                        index = torch.tensor(rows)
+                        writer.add([batch.items[i].clip_id for i in rows],
+                                   {h: acts[branches[0]][h].index_select(0, index) for h in names},
+                                   [_labels(batch.items[i]) for i in rows], branch=branches[0])
+                    else:                    # a clip's rows of every branch together
+                        for i in rows:
+                            for branch in branches:
+                                writer.add([batch.items[i].clip_id], {h: acts[branch][h][i:i + 1] for h in names},
+                                           [_labels(batch.items[i])], branch=branch)
                     del acts
                 if bar is not None:
                     bar.update(len(batch.items))

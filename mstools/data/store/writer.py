@@ -142,6 +142,9 @@ class StoreWriter:
         label_rows = [self._label_rows(c, lab, branch, rows_per_clip if per_frame else None)
                       for c, lab in zip(clips, labels)]
 
+        # one conversion per hook (a copy: the buffer never holds the caller's tensors), then views
+        converted = {hook: activations[hook].detach().to(device="cpu", dtype=self.store.dtype, copy=True)
+                     for hook in hooks}
         for i, clip in enumerate(clips):
             last = self._buffer[-1] if self._buffer else None
             if last is not None and last.clip == clip:
@@ -158,8 +161,7 @@ class StoreWriter:
                 self._buffer.append(entry)
                 self._buffered.add(clip)
             for hook in hooks:
-                # copy: a slice would keep the caller's whole batch alive in the buffer
-                x = activations[hook][i].detach().to(device="cpu", dtype=self.store.dtype, copy=True)
+                x = converted[hook][i]
                 entry.acts.setdefault(hook, []).append(x if per_frame else x.unsqueeze(0))
             entry.labels += label_rows[i]
             entry.branches.add(branch)
