@@ -68,16 +68,18 @@ class Config:
 
 
 class Directions:
-    """Directions toward one factor value at one hook, fitted once per hook on labelled clips."""
+    """Directions toward one factor value at one hook, fitted once per hook on labelled clips read
+    with their prompts (``branch="cond"``) or with the null text (``"uncond"``)."""
 
-    def __init__(self, model: Any, n_clips: int, seed: int = 101):
-        self.model, self.n_clips, self.seed = model, n_clips, seed
+    def __init__(self, model: Any, n_clips: int, seed: int = 101, branch: str = "cond"):
+        self.model, self.n_clips, self.seed, self.branch = model, n_clips, seed, branch
         self._features: dict[str, tuple[torch.Tensor, pd.DataFrame]] = {}
         self._probes: dict[tuple, Any] = {}
 
     def features(self, hook: str) -> tuple[torch.Tensor, pd.DataFrame]:
         if hook not in self._features:
-            X, labels = labelled_features(self.model, testbed_clips(self.n_clips, DURATION, self.seed), [hook])
+            X, labels = labelled_features(self.model, testbed_clips(self.n_clips, DURATION, self.seed), [hook],
+                                          branch=self.branch)
             self._features[hook] = (X[hook], labels)
         return self._features[hook]
 
@@ -228,24 +230,47 @@ def exp_timbre(model: Any, d: Directions, cfg: Config, method: str, layers: Sequ
     return pd.concat(parts, ignore_index=True)
 
 
-def exp_prompted(model: Any, d: Directions, cfg: Config, method: str) -> pd.DataFrame:
-    """Steering against the text: the prompt names the source value, steering pushes to the target."""
+#: Prompts that name the source dynamics ("soft") for the dynamics case of ``prompted``.
+SOFT_PROMPTS = ("soft rock", "soft jazz with piano", "soft slow classical", "soft electronic with synth")
+#: (branch, schedule name, schedule, strength) of the ``prompted`` experiment.
+PROMPTED_SETTINGS = (("cond", "pulse 0-2 s", PULSE, 0.25), ("cond", "pulse 0-2 s", PULSE, 0.5),
+                     ("both", "pulse 0-2 s", PULSE, 0.5), ("both", "pulse 0-2 s", PULSE, 1.0),
+                     ("cond", "constant", None, 0.25))
+#: The quality bar of a prompted setting: its loglik drop at most this many times the drop of
+#: prompting the target instead (a prompted drop below ``LL_FLOOR`` counts as ``LL_FLOOR``).
+LL_FACTOR, LL_FLOOR = 2.0, 0.05
+
+
+def exp_prompted(model: Any, dirs: dict[str, Directions], cfg: Config, method: str) -> pd.DataFrame:
+    """Steering against the text: the prompt names the source value ("rock", "rock with piano";
+    "soft ..."), steering pushes to the target. Directions fitted on features read with the prompt
+    (``fit=cond``) and with the null text (``fit=uncond``: only the audio tells the factor).
+
+    Adds ``quality_ok`` (loglik drop within :data:`LL_FACTOR` x the prompted drop) and ``meets``
+    (success >= 0.6, every random draw <= 0.15, quality_ok).
+    """
     parts = []
-    cases = [("genre", OPPOSITE[t], t) for t in cfg.targets] + [("dynamics", "soft", "loud")]
-    for factor, src, tgt in cases:
-        prompts = [src if factor == "genre" else f"{src} {g}" for g in
-                   ([src] * cfg.prompts if factor == "genre" else [GENRES[i % 4] for i in range(cfg.prompts)])]
-        trials = []
-        for layer in cfg.layers:
-            vec = d.vector(f"blocks.{layer}.hook_resid_post", factor, tgt, method)
-            for branch, a in (("cond", 0.5), ("cond", 1.0), ("both", 1.0)):
-                trials.append(_trial(f"L{layer} {branch} a={a} {src} -> {tgt}", vec, a, {factor: tgt},
-                                     schedule=None, branch=branch,
-                                     prompted=evaluation.swap_words({src: tgt})))
-        parts.append(run(model, trials, prompts, cfg, "prompted",
-                         lambda tr, f=factor: dict(factor=f, method=method,
-                                                   layer=int(tr.name.split()[0][1:]))))
-    return pd.concat(parts, ignore_index=True)
+    settings = PROMPTED_SETTINGS if len(cfg.layers) > 2 else PROMPTED_SETTINGS[:3]
+    cases = [("genre", OPPOSITE[t], t, (OPPOSITE[t], f"{OPPOSITE[t]} with piano")) for t in cfg.targets]
+    cases.append(("dynamics", "soft", "loud", SOFT_PROMPTS))
+    for factor, src, tgt, forms in cases:
+        prompts = [forms[i % len(forms)] for i in range(cfg.prompts)]
+        trials, info = [], {}
+        for fit, d in dirs.items():
+            for layer in cfg.layers:
+                vec = d.vector(f"blocks.{layer}.hook_resid_post", factor, tgt, method)
+                for branch, sname, sched, a in settings:
+                    name = f"{fit} L{layer} {branch} {sname} a={a} {src} -> {tgt}"
+                    trials.append(_trial(name, vec, a, {factor: tgt}, schedule=sched, branch=branch,
+                                         prompted=evaluation.swap_words({src: tgt})))
+                    info[name] = dict(factor=factor, fit=fit, method=method, layer=layer, branch=branch,
+                                      schedule=sname, strength=a)
+        parts.append(run(model, trials, prompts, cfg, "prompted", lambda tr: info[tr.name]))
+    out = pd.concat(parts, ignore_index=True)
+    bar = LL_FACTOR * out["ll_drop_prompted"].clip(lower=LL_FLOOR)
+    out["quality_ok"] = out["ll_drop"] <= bar
+    out["meets"] = (out["success"] >= 0.6) & (out["random_max"] <= 0.15) & out["quality_ok"]
+    return out
 
 
 def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Callable[[str], None] = print
@@ -254,6 +279,7 @@ def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Call
     torch.manual_seed(0)
     cfg = Config.make(quick, model, seeds)
     d = Directions(model, cfg.clips)
+    d_audio = Directions(model, cfg.clips, branch="uncond")
     t0 = time.monotonic()
     methods = exp_methods(model, d, cfg)
     method, layer = best_setting(methods)
@@ -264,7 +290,7 @@ def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Call
                      ("window", lambda: exp_window(model, d, cfg, method, layer)),
                      ("fusion", lambda: exp_fusion(model, d, cfg, method, layer)),
                      ("timbre", lambda: exp_timbre(model, d, cfg, method, sorted({layer, cfg.layers[-1]}))),
-                     ("prompted", lambda: exp_prompted(model, d, cfg, method))):
+                     ("prompted", lambda: exp_prompted(model, {"cond": d, "uncond": d_audio}, cfg, method))):
         parts.append(fn())
         log(f"[{time.monotonic() - t0:6.0f} s] {name} done")
     out = pd.concat(parts, ignore_index=True)
@@ -274,7 +300,7 @@ def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Call
 
 COLUMNS = ["trial", "prompts", "segment", "n", "success", "success_lo", "success_hi", "base_rate", "moved",
            "random_mean", "random_sd", "random_min", "random_max", "prompted", "ll_drop", "ll_drop_prompted",
-           "identical", "kept_genre", "kept_tempo", "kept_instrument", "kept_dynamics",
+           "quality_ok", "meets", "identical", "kept_genre", "kept_tempo", "kept_instrument", "kept_dynamics",
            "random_kept_genre", "random_kept_instrument"]
 
 
