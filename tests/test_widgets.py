@@ -185,3 +185,31 @@ def test_controls_follow_vector_and_duration(panel, vectors):
     assert panel.window.value == (1.0, 2.5)
     s = panel.settings()
     assert (s.vector, s.hooks, s.duration, s.schedule, s.seed) == ("one", (H2,), 2.5, (1.0, None), 3)
+
+
+def test_empty_prompt_generates_unconditionally(panel, model, vectors):
+    panel.prompt.value = "   "
+    panel.hooks.value = (H1,)
+    panel.strength.value = 1.0
+    assert panel.run(sync=True) and panel.last_error is None, panel.last_error
+    s = panel.result.settings
+    assert s.prompt is None
+    plain = model.generate([None], DURATION, seed=s.seed)
+    assert torch.equal(panel.result.unsteered.codes, plain.codes)
+    again = Steerer(model).set(vectors["two"], 1.0, hooks=[H1]).generate([None], DURATION, seed=s.seed)
+    assert torch.equal(panel.result.steered.codes, again.codes)
+    assert panel.result.readout is not None and no_hooks_attached(model)
+
+
+def test_static_copies_get_a_note_and_a_saved_run(panel):
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "run the cells above" in bundle["text/plain"]
+    with pytest.raises(ValueError, match="no run yet"):
+        panel.snapshot()
+    panel.run(sync=True)
+    snap = panel.snapshot()
+    page = snap._repr_html_()
+    assert page.count("<audio") == 2 and page.count("<figcaption") == 2
+    assert "unsteered (same prompt and seed)" in page and "steered toward two" in page
+    assert f"seed {panel.result.settings.seed}" in snap.settings_text()
