@@ -44,7 +44,7 @@ from mstools.apps import commands, demo
 from mstools.core.errors import MissingWeightsError, StoreError
 from mstools.core.names import UnknownHookError
 
-__all__ = ["main", "build_parser", "Command", "COMMANDS"]
+__all__ = ["main", "build_parser", "command_help", "Command", "COMMANDS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
+
+
+def command_help(name: str) -> str:
+    """The ``--help`` text of one command, as ``python -m mstools NAME --help`` prints it (without
+    starting a process: notebooks show it this way).
+
+    >>> command_help("cache").splitlines()[0].startswith("usage: python -m mstools cache")
+    True
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if name not in sub.choices:
+        raise ValueError(f"unknown command {name!r}; commands are {sorted(sub.choices)}")
+    return sub.choices[name].format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
