@@ -254,3 +254,12 @@ def test_pick_example_prefers_a_clip_steering_moved_and_replay_gives_its_codes(m
     assert again.loc[1, "loglik"] == pytest.approx(row["loglik"])
     with pytest.raises(KeyError, match="no steered clips"):
         evaluation.pick_example(table, "no such trial")
+
+
+def test_best_trial_rule():
+    s = pd.DataFrame({"trial": ["a", "b", "c", "d"], "moved": [0.2, 0.6, 0.6, 0.9],
+                      "beats_random": [True, True, True, False]})
+    r = evaluation.best_trial(s)
+    assert r["trial"] == "b" and "beat every random draw" in r["rule"]   # d does not beat random; b before c
+    r = evaluation.best_trial(s.assign(beats_random=False))
+    assert r["trial"] == "d" and "no setting beat" in r["rule"]

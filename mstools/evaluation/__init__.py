@@ -18,9 +18,9 @@ from mstools.evaluation.examples import pick_example, replay
 from mstools.evaluation.run import CONTROLS, steering
 from mstools.evaluation.scoring import Scorer, first_difference, nll, readout_scorer
 from mstools.evaluation.stats import mean_interval, paired_difference, wilson
-from mstools.evaluation.summary import label_shares, summarize
+from mstools.evaluation.summary import best_trial, label_shares, summarize
 from mstools.evaluation.trials import Trial, random_like, random_setting, swap_words
 
 __all__ = ["Trial", "steering", "summarize", "label_shares", "swap_words", "random_like",
            "random_setting", "readout_scorer", "nll", "Scorer", "wilson", "paired_difference",
-           "mean_interval", "first_difference", "CONTROLS", "pick_example", "replay"]
+           "mean_interval", "first_difference", "CONTROLS", "pick_example", "replay", "best_trial"]
