@@ -11,7 +11,7 @@ ROW = {"trial": "L1 -> jazz", "success": 0.625, "success_lo": 0.41, "success_hi"
 
 def test_sentence_carries_every_number_of_the_row():
     s = steering_sentence(ROW)
-    for piece in ("62%", "41-80%", "12%", "+50 points", "25-75%", "8 random", "mean 15%", "highest 25%",
+    for piece in ("62%", "41-80%", "12%", "+50 points", "+25 to +75", "8 random", "mean 15%", "highest 25%",
                   "text: 100%", "0.31", "random 0.20", "prompted -0.05", "beyond every random draw"):
         assert piece in s, (piece, s)
 

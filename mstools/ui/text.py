@@ -55,8 +55,9 @@ def steering_sentence(row: Mapping[str, Any], name: str | None = None) -> str:
              f"{span(r.get('success_lo'), r.get('success_hi'))}), against {pct(r['base_rate'])} of their "
              f"unsteered twins"]
     if _ok(r.get("moved")):
-        parts.append(f"moved {100 * r['moved']:+.0f} points ({span(r.get('moved_lo'), r.get('moved_hi'))} "
-                     "paired interval)")
+        lo, hi = r.get("moved_lo"), r.get("moved_hi")
+        iv = f" (paired interval {100 * lo:+.0f} to {100 * hi:+.0f})" if _ok(lo) and _ok(hi) else ""
+        parts.append(f"moved {100 * r['moved']:+.0f} points{iv}")
     if _ok(r.get("random_mean")):
         parts.append(f"{int(r.get('random_draws', 0)) or ''} random directions of equal norm: mean "
                      f"{pct(r['random_mean'])}, highest {pct(r['random_max'])}".replace(":  ", ": "))
