@@ -3,8 +3,8 @@
 :class:`SteeringPanel` puts the knobs of :class:`mstools.steering.Steerer` behind widgets (vector,
 hooks, strength in units of the mean activation norm, time window, CFG branch, seed, prompt,
 duration) and a Generate button. Each run generates the unsteered and the steered clip with the
-same prompt and seed and shows them side by side (audio players, spectrograms) above a per-second
-readout (:func:`mstools.analysis.readout.per_second`) of both clips.
+same prompt, seed and random numbers (paired sampling, noise id :data:`NOISE_ID`) and shows them
+side by side (audio players, spectrograms) above a per-second readout (:func:`mstools.analysis.readout.per_second`) of both clips.
 
 How it behaves:
 
@@ -54,7 +54,12 @@ from mstools.ui.plots import label_color
 from mstools.analysis.readout import per_second
 from mstools.steering import Steerer, SteeringVector, check_strength
 
-__all__ = ["SteeringPanel", "PanelSettings", "PanelResult", "readout_figure", "STATIC_NOTE"]
+__all__ = ["SteeringPanel", "PanelSettings", "PanelResult", "readout_figure", "STATIC_NOTE", "NOISE_ID"]
+
+#: Noise id of the panel's clips (paired sampling, :mod:`mstools.model.sampling`): the unsteered and
+#: the steered clip draw the same random numbers, and a panel clip with seed ``s`` and prompt ``p``
+#: is clip 0 of :func:`mstools.evaluation.steering` run with ``prompts=[p]`` and ``seeds=[s]``.
+NOISE_ID = 0
 
 #: What a copy of the notebook without a running kernel shows in place of the panel (HTML export,
 #: GitHub): the widgets need a live kernel. Hidden by CSS wherever the panel itself rendered.
@@ -398,6 +403,7 @@ class SteeringPanel:
                 cached = False
                 self._say("Generating the unsteered clip...")
                 out = self.model.generate([settings.prompt], settings.duration, seed=settings.seed,
+                                          noise_ids=[NOISE_ID],
                                           fwd_hooks=[self._progress_hook(0.0, 0.45, total)])
                 clip = self._remember(settings.clip_key, _Clip(out))
             else:
@@ -405,6 +411,7 @@ class SteeringPanel:
             self._set_progress(0.45)
             self._say("Generating the steered clip...")
             steered = steerer.generate([settings.prompt], settings.duration, seed=settings.seed,
+                                       noise_ids=[NOISE_ID],
                                        fwd_hooks=[self._progress_hook(0.45, 0.9, total)])
             self._set_progress(0.9)
             self._show_clips(clip.output, steered)
