@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["layer_curve", "confusion_matrix", "similarity_heatmap", "projection_scatter", "steering_curve",
-           "steering_bars", "patching_heatmap", "label_share_bars", "label_color", "metric_label", "nice_ticks", "GENRE_COLORS",
+           "steering_bars", "patching_heatmap", "label_share_bars", "per_layer", "label_color", "metric_label", "nice_ticks", "GENRE_COLORS",
            "SERIES_STYLE"]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
@@ -421,6 +421,24 @@ def patching_heatmap(df: pd.DataFrame, *, x: str = "t0", y: str = "layer", value
     for col, axis in ((y, "yaxis"), (x, "xaxis")):
         if col in ("layer", "head"):
             _integer_axis(fig, grid.index if axis == "yaxis" else grid.columns, axis)
+    return fig
+
+
+def per_layer(curves: pd.DataFrame, *, title: str = "", yaxis_title: str = "") -> go.Figure:
+    """One line per column of ``curves`` (index: layer), markers on every layer, integer layer ticks,
+    each column in its own colour and dash.
+
+    >>> fig = per_layer(pd.DataFrame({"probe": [0.5, 1.0], "steering": [0.1, 0.4]}, index=[0, 1]))
+    >>> [t.name for t in fig.data], list(fig.layout.xaxis.tickvals)
+    (['probe', 'steering'], [0, 1])
+    """
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    fig = go.Figure([go.Scatter(x=list(curves.index), y=curves[c], mode="lines+markers", name=str(c),
+                                line=dict(color=_COLORS[i % len(_COLORS)], dash=dashes[i % len(dashes)], width=2.5),
+                                marker=dict(symbol=_SYMBOLS[i % len(_SYMBOLS)], size=8))
+                     for i, c in enumerate(curves.columns)])
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title=yaxis_title, template="plotly_white")
+    _integer_axis(fig, curves.index)
     return fig
 
 
