@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mstools.analysis.probes import Probe
+from mstools.analysis.probes import Probe, fit_probes
 from mstools.analysis.projections import pca
 from mstools.core.errors import ArtifactError
 from mstools.core.fileio import load_artifact, save_artifact
@@ -326,8 +326,6 @@ def recipes(features: Mapping[str, Tensor], labels: pd.DataFrame, target: str,
     >>> [d.name for d in recipes(X, lab, "g", methods=("diff_means",))]
     ['diff_means:h:g=a', 'diff_means:h:g=b']
     """
-    from mstools.analysis.probes import fit_probes  # the sibling module (probes), needed only here
-
     bad = [m for m in methods if m not in RECIPES]
     if bad:
         raise ValueError(f"unknown recipe(s) {bad}; choose from {RECIPES}")

@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from mstools.ui.audio import spectrogram, wav_bytes
+from mstools.ui.audio import players, spectrogram, wav_bytes
 from mstools.ui.plots import label_color
 from mstools.analysis.readout import per_second
 from mstools.steering import Steerer, SteeringVector, check_strength
@@ -531,7 +531,6 @@ class Snapshot:
                 f"{s.duration:g} s")
 
     def _repr_html_(self) -> str:
-        from mstools.ui.audio import players  # the sibling module; imported here to keep load light
         r = self.result
         sr = int(r.unsteered.sample_rate)
         p = players([("unsteered (same prompt and seed)", r.unsteered.audio[0]),
