@@ -30,7 +30,7 @@ test: setup
 	MSTOOLS_TEST=1 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 tests notebooks
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir notebooks
+	$(BIN)/jupyter lab --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -145,3 +145,12 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "unknown hook name" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["no-such-command"])
+
+
+def test_command_help_is_what_the_command_line_prints(capsys):
+    from mstools.apps.cli import command_help, main
+    with pytest.raises(SystemExit):
+        main(["cache", "--help"])
+    assert command_help("cache") == capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown command"):
+        command_help("nope")

@@ -159,3 +159,25 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         load_directions(tmp_path / "missing.safetensors")
+
+
+def test_recipes_make_every_direction_and_select_finds_one():
+    import pandas as pd
+    from mstools.analysis.directions import diff_means, from_probe, recipes, select
+    from mstools.analysis.probes import fit_probes
+    g = torch.Generator().manual_seed(0)
+    y = ["a", "b", "c"] * 20
+    X = {h: torch.randn(60, 5, generator=g) + torch.tensor([[float("abc".index(v))] * 5 for v in y])
+         for h in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")}
+    lab = pd.DataFrame({"clip": range(60), "g": y})
+    ds = recipes(X, lab, "g", meta={"fingerprint": "m"})
+    assert len(ds) == 2 * 3 * 3 and all(d.meta["fingerprint"] == "m" for d in ds)
+    h = "blocks.1.hook_resid_post"
+    d = select(ds, hook=h, method="diff_means", label="b")
+    assert torch.allclose(d.vector, diff_means(X[h], lab["g"], "b", hook=h, target="g").vector)
+    r = select(ds, hook=h, method="ridge", label="g=c")
+    assert torch.allclose(r.vector, from_probe(fit_probes(X, lab, "g", "ridge")[h], "c").vector)
+    with pytest.raises(KeyError, match="match"):
+        select(ds, method="ridge", label="c")      # one per hook: two match
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipes(X, lab, "g", methods=("pca",))

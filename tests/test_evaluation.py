@@ -234,3 +234,32 @@ def test_label_shares_sum_to_one(run):
     _, _, table = run
     shares = evaluation.label_shares(table, "genre")
     assert np.allclose(shares.sum(axis=1), 1.0)
+
+
+def test_pick_example_prefers_a_clip_steering_moved_and_replay_gives_its_codes(model, run):
+    trials, prompts, table = run
+    row = evaluation.pick_example(table, "to jazz")
+    assert row["kind"] in evaluation.examples.KINDS and row["segment"] == 1
+    steered = table[(table.trial == "to jazz") & (table.control == "none") & (table.segment == 1)]
+    twins = table[(table.control == "unsteered") & (table.segment == 1)].set_index(["seed", "clip"])
+    moved = [(r.seed, r.clip) for r in steered.itertuples()
+             if r.genre == "jazz" and twins.loc[(r.seed, r.clip), "genre"] != "jazz"]
+    assert (row["kind"] == "moved") == bool(moved)
+    if moved:
+        assert (row["seed"], row["clip"]) in moved
+        assert row["genre"] == "jazz" and row["twin_genre"] != "jazz"
+    out = evaluation.replay(model, trials[0], row, duration=4.0, decode=False)
+    again = score(out.codes[:, :, 20:40])  # the segment (2.0, 4.0) s at 10 frames/s
+    assert again.loc[1, "genre"] == row["genre"] and again.loc[0, "genre"] == row["twin_genre"]
+    assert again.loc[1, "loglik"] == pytest.approx(row["loglik"])
+    with pytest.raises(KeyError, match="no steered clips"):
+        evaluation.pick_example(table, "no such trial")
+
+
+def test_best_trial_rule():
+    s = pd.DataFrame({"trial": ["a", "b", "c", "d"], "moved": [0.2, 0.6, 0.6, 0.9],
+                      "beats_random": [True, True, True, False]})
+    r = evaluation.best_trial(s)
+    assert r["trial"] == "b" and "beat every random draw" in r["rule"]   # d does not beat random; b before c
+    r = evaluation.best_trial(s.assign(beats_random=False))
+    assert r["trial"] == "d" and "no setting beat" in r["rule"]

@@ -76,3 +76,32 @@ def test_no_installs_downloads_or_chdir(path):
     for i, cell in enumerate(_code(_load(path))):
         for pat in banned:
             assert not re.search(pat, cell.source, flags=re.MULTILINE), f"code cell {i} matches {pat!r}"
+
+
+#: Numbers prose may contain: the confidence level of the intervals.
+_ALLOWED_NUMBERS = {"95 %", "95%"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_prose_types_no_results(path):
+    """Markdown cells state no measured number (results are formatted from the cell's numbers, as
+    code output): no decimals, percentages or approximate values outside code spans."""
+    pattern = re.compile(r"(?<![\w.])(\d+\.\d+|\d+\s?%|~\s?\d+)")
+    for i, cell in enumerate(_load(path).cells):
+        if cell.cell_type != "markdown":
+            continue
+        text = re.sub(r"```.*?```", "", cell.source, flags=re.S)
+        text = re.sub(r"`[^`]*`", "", text)
+        text = re.sub(r"arXiv \d+\.\d+", "", text)
+        found = [m.group(0) for m in pattern.finditer(text) if m.group(0) not in _ALLOWED_NUMBERS]
+        assert not found, f"markdown cell {i} types numbers {found}: compute them in a code cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_use_only_mstools_and_no_removed_modules(path):
+    removed = [r"\bmstools\.lessons\b", r"\bfrom mstools import [^\n]*\blessons\b", r"\bmstools\.evaluate\b",
+               r"\bfrom mstools import [^\n]*\bevaluate\b", r"\bmstools\.testbed\.findings\b", r"\bfindings\.",
+               r"\bfrom experiments\b", r"\bimport experiments\b"]
+    for i, cell in enumerate(_code(_load(path))):
+        for pat in removed:
+            assert not re.search(pat, cell.source), f"code cell {i} uses {pat!r}"

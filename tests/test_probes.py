@@ -328,3 +328,19 @@ def test_clear_errors():
         probe_sweep(feats, labels, targets=["mood"])
     with pytest.raises(ValueError, match="unknown method"):
         probe_sweep(feats, labels, methods=("svm",))
+
+
+def test_best_hook_breaks_ties_by_r2_then_by_the_earlier_layer():
+    from mstools.analysis.probes import best_hook
+    base = dict(model="trained", control="none", method="logistic", target="genre")
+    s = pd.DataFrame([dict(base, hook="embed", layer=-1, accuracy_mean=1.0, r2_mean=0.99),
+                      dict(base, hook="h0", layer=0, accuracy_mean=0.8, r2_mean=0.9),
+                      dict(base, hook="h1", layer=1, accuracy_mean=1.0, r2_mean=0.7),
+                      dict(base, hook="h2", layer=2, accuracy_mean=1.0, r2_mean=0.7),
+                      dict(base, hook="h3", layer=3, accuracy_mean=1.0, r2_mean=0.6),
+                      dict(base, hook="h3", layer=3, accuracy_mean=1.0, r2_mean=0.95, control="shuffled")])
+    assert best_hook(s, "genre") == "h1"       # tie on accuracy and on R²: the earlier layer
+    s.loc[3, "r2_mean"] = 0.8
+    assert best_hook(s, "genre") == "h2"       # tie on accuracy: the higher R²
+    with pytest.raises(ValueError, match="no probes"):
+        best_hook(s, "tempo")

@@ -147,11 +147,14 @@ def test_direction_objects_keep_names_in_arrows():
 def test_steering_curve_traces_follow_the_table():
     import pandas as pd
     from mstools.ui.plots import steering_curve
-    df = pd.DataFrame({"method": ["a", "a", "a", "a"], "strength": [0.5, 1.0, 0.5, 1.0],
-                       "control": ["none", "none", "random", "random"],
-                       "success": [0.2, 0.8, 0.1, 0.0], "loglik": [-1.0, -2.0, -1.1, -1.5]})
+    df = pd.DataFrame({"trial": ["a=0.5", "a=1"], "strength": [0.5, 1.0], "success": [0.2, 0.8],
+                       "success_lo": [0.1, 0.6], "success_hi": [0.4, 0.9], "base_rate": [0.1, 0.1],
+                       "random_mean": [0.1, 0.0], "random_min": [0.0, 0.0], "random_max": [0.2, 0.1],
+                       "ll_drop": [0.45, 2.13], "ll_drop_random": [0.3, 1.5]})
     fig = steering_curve(df)
-    names = [t.name for t in fig.data]
-    assert names == ["a", "a · loglik", "a · random"]
-    assert list(fig.data[0].y) == [0.2, 0.8] and list(fig.data[1].y) == [-1.0, -2.0]
-    assert fig.data[1].yaxis == "y2"
+    lines = {t.name: t for t in fig.data if t.fill is None}
+    assert list(lines["steered"].y) == [0.2, 0.8]
+    assert list(lines["random directions (mean)"].y) == [0.1, 0.0]
+    assert list(lines["unsteered (base rate)"].y) == [0.1, 0.1]
+    drop = lines["log-likelihood drop per frame (steered)"]
+    assert list(drop.y) == [0.45, 2.13] and drop.yaxis == "y2"

@@ -59,11 +59,11 @@ def test_steered_clip_equals_steerer(panel, model, vectors):
     panel.branch.value = "both"
     assert panel.run(sync=True) and panel.last_error is None, panel.last_error
     ref = Steerer(model).set(vectors["two"], 1.5, schedule=(0.5, 1.5), branch="both",
-                             hooks=[H2]).generate([PROMPT], DURATION, seed=3)
+                             hooks=[H2]).generate([PROMPT], DURATION, seed=3, noise_ids=[0])
     res = panel.result
     assert torch.equal(res.steered.codes, ref.codes)
     assert panel.steered_audio.value == wav_bytes(ref.audio[0], ref.sample_rate)
-    plain = model.generate([PROMPT], DURATION, seed=3)
+    plain = model.generate([PROMPT], DURATION, seed=3, noise_ids=[0])
     assert torch.equal(res.unsteered.codes, plain.codes)
     assert panel.unsteered_audio.value == wav_bytes(plain.audio[0], plain.sample_rate)
     assert not torch.equal(res.steered.codes, plain.codes)  # the setting does something
@@ -72,14 +72,14 @@ def test_steered_clip_equals_steerer(panel, model, vectors):
     panel.window.value = (1.0, DURATION)
     panel.run(sync=True)
     ref = Steerer(model).set(vectors["two"], 1.5, schedule=(1.0, None), branch="both",
-                             hooks=[H2]).generate([PROMPT], DURATION, seed=3)
+                             hooks=[H2]).generate([PROMPT], DURATION, seed=3, noise_ids=[0])
     assert torch.equal(panel.result.steered.codes, ref.codes)
 
 
 def test_strength_zero_gives_the_unsteered_codes(panel, model):
     panel.strength.value = 0.0
     panel.run(sync=True)
-    plain = model.generate([PROMPT], DURATION, seed=3)
+    plain = model.generate([PROMPT], DURATION, seed=3, noise_ids=[0])
     assert panel.last_error is None
     assert torch.equal(panel.result.steered.codes, plain.codes)
     assert torch.equal(panel.result.unsteered.codes, plain.codes)
@@ -112,7 +112,7 @@ def test_invalid_settings_show_an_error_and_leave_no_hooks(panel, model):
 
 def test_changing_only_steering_reuses_the_unsteered_clip(panel, model, monkeypatch):
     calls = []
-    real = model.generate
+    real = model.generate  # the panel samples with paired noise (noise id 0)
 
     def spy(*args, **kw):
         calls.append(kw.get("seed"))
@@ -185,3 +185,31 @@ def test_controls_follow_vector_and_duration(panel, vectors):
     assert panel.window.value == (1.0, 2.5)
     s = panel.settings()
     assert (s.vector, s.hooks, s.duration, s.schedule, s.seed) == ("one", (H2,), 2.5, (1.0, None), 3)
+
+
+def test_empty_prompt_generates_unconditionally(panel, model, vectors):
+    panel.prompt.value = "   "
+    panel.hooks.value = (H1,)
+    panel.strength.value = 1.0
+    assert panel.run(sync=True) and panel.last_error is None, panel.last_error
+    s = panel.result.settings
+    assert s.prompt is None
+    plain = model.generate([None], DURATION, seed=s.seed, noise_ids=[0])
+    assert torch.equal(panel.result.unsteered.codes, plain.codes)
+    again = Steerer(model).set(vectors["two"], 1.0, hooks=[H1]).generate([None], DURATION, seed=s.seed, noise_ids=[0])
+    assert torch.equal(panel.result.steered.codes, again.codes)
+    assert panel.result.readout is not None and no_hooks_attached(model)
+
+
+def test_static_copies_get_a_note_and_a_saved_run(panel):
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "run the cells above" in bundle["text/plain"]
+    with pytest.raises(ValueError, match="no run yet"):
+        panel.snapshot()
+    panel.run(sync=True)
+    snap = panel.snapshot()
+    page = snap._repr_html_()
+    assert page.count("<audio") == 2 and page.count("<figcaption") == 2
+    assert "unsteered (same prompt and seed)" in page and "steered toward two" in page
+    assert f"seed {panel.result.settings.seed}" in snap.settings_text()

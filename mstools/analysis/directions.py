@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mstools.analysis.probes import Probe
+from mstools.analysis.probes import Probe, fit_probes
 from mstools.analysis.projections import pca
 from mstools.core.errors import ArtifactError
 from mstools.core.fileio import load_artifact, save_artifact
@@ -38,7 +38,14 @@ __all__ = [
     "cosine_matrix",
     "save_directions",
     "load_directions",
+    "recipes",
+    "select",
+    "RECIPES",
 ]
+
+#: The direction recipes :func:`recipes` knows: difference of class means, ridge and logistic probe
+#: weights.
+RECIPES = ("diff_means", "ridge", "logistic")
 
 Tensor = torch.Tensor
 KIND = "directions"
@@ -291,6 +298,70 @@ def save_directions(
     entries = [{"key": str(i), "hook": d.hook, "label": d.label, "method": d.method, "norm": d.norm,
                 "meta": _jsonable(d.meta)} for i, d in enumerate(ds)]
     return save_artifact(path, tensors, KIND, FORMAT_VERSION, {"directions": entries})
+
+
+def recipes(features: Mapping[str, Tensor], labels: pd.DataFrame, target: str,
+            methods: Sequence[str] = RECIPES, *, classes: Sequence[str] | None = None,
+            meta: Mapping[str, Any] | None = None) -> list[Direction]:
+    """Directions toward every class of ``target`` at every hook, by every recipe, in one call.
+
+    ``diff_means``: :func:`diff_means` (class mean minus the mean of the other class means);
+    ``ridge`` / ``logistic``: the class's weight column of a probe fitted on all rows by
+    :func:`mstools.analysis.probes.fit_probes` (ridge penalty chosen by cross-validation), via
+    :func:`from_probe`. ``meta`` is added to every direction's metadata (e.g. the model fingerprint
+    and how many clips the features came from), so a file of directions says what it was made from.
+
+    Args:
+        features: ``{hook: [N, ...]}`` pooled activations (e.g. from
+            :func:`mstools.data.labelled.labelled_features` or a store).
+        labels: N rows with a ``clip`` column and the ``target`` column.
+        methods: any of :data:`RECIPES`.
+        classes: the classes to make directions for (default: all of them, sorted).
+
+    Returns:
+        A list ordered by hook, then method, then class; pick one with :func:`select`.
+
+    >>> X = {"h": torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]])}
+    >>> lab = pd.DataFrame({"clip": range(4), "g": ["a", "a", "b", "b"]})
+    >>> [d.name for d in recipes(X, lab, "g", methods=("diff_means",))]
+    ['diff_means:h:g=a', 'diff_means:h:g=b']
+    """
+    bad = [m for m in methods if m not in RECIPES]
+    if bad:
+        raise ValueError(f"unknown recipe(s) {bad}; choose from {RECIPES}")
+    present = sorted({str(x) for x in labels[target].dropna()})
+    wanted = list(classes) if classes is not None else present
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise KeyError(f"classes {missing} have no rows of {target!r}; classes are {present}")
+    fitted = {m: fit_probes(dict(features), labels, target, m) for m in methods if m != "diff_means"}
+    out = []
+    for hook, X in features.items():
+        for m in methods:
+            for c in wanted:
+                d = (diff_means(X, labels[target], c, hook=hook, target=target) if m == "diff_means"
+                     else from_probe(fitted[m][hook], c))
+                d.meta.update(_jsonable(dict(meta or {})))
+                out.append(d)
+    return out
+
+
+def select(directions: Sequence[Direction], *, hook: str | None = None, method: str | None = None,
+           label: str | None = None) -> Direction:
+    """The one direction with this hook, method and label (``"jazz"`` matches ``"genre=jazz"``).
+
+    Raises:
+        KeyError: none or several match (the message lists what there is).
+    """
+    def ok(d: Direction) -> bool:
+        return ((hook is None or d.hook == hook) and (method is None or d.method == method)
+                and (label is None or d.label == label or d.label.split("=", 1)[-1] == label))
+    hits = [d for d in directions if ok(d)]
+    if len(hits) != 1:
+        have = sorted({(d.hook, d.method, d.label) for d in directions})[:12]
+        raise KeyError(f"{len(hits)} directions match hook={hook!r}, method={method!r}, label={label!r}; "
+                       f"there are e.g. {have}")
+    return hits[0]
 
 
 def load_directions(path: str | os.PathLike) -> list[Direction]:

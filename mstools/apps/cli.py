@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 from mstools.apps import commands, demo, export
 from mstools.core.errors import BadInputError, MissingWeightsError, MstoolsError, is_bad_input  # noqa: F401
 
-__all__ = ["main", "build_parser", "Command", "COMMANDS"]
+__all__ = ["main", "build_parser", "command_help", "Command", "COMMANDS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show the full traceback of an error")
         p.set_defaults(_run=cmd.run)
     return parser
+
+
+def command_help(name: str) -> str:
+    """The ``--help`` text of one command, as ``python -m mstools NAME --help`` prints it (without
+    starting a process: notebooks show it this way).
+
+    >>> command_help("cache").splitlines()[0].startswith("usage: python -m mstools cache")
+    True
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if name not in sub.choices:
+        raise BadInputError(f"unknown command {name!r}; commands are {sorted(sub.choices)}")
+    return sub.choices[name].format_help()
 
 
 def _message(err: BaseException) -> str:

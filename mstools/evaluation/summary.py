@@ -35,7 +35,7 @@ import pandas as pd
 
 from mstools.evaluation.stats import paired_difference, wilson
 
-__all__ = ["summarize", "label_shares", "SETTING_COLUMNS"]
+__all__ = ["summarize", "label_shares", "best_trial", "SETTING_COLUMNS"]
 
 SETTING_COLUMNS = ("source", "strength", "schedule", "branch", "operator", "units", "hooks", "heads")
 _PAIR = ["seed", "clip", "segment"]
@@ -119,6 +119,28 @@ def summarize(table: pd.DataFrame, by: Sequence[str] = ("segment",)) -> pd.DataF
                 row[c] = g[c].iloc[0]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def best_trial(summary: pd.DataFrame, metric: str = "moved", *, tol: float = 1e-9) -> pd.Series:
+    """The one rule for "the best setting" of a summary: the row with the largest ``metric`` (default
+    ``moved``: success minus the paired base rate) among rows that beat every random draw; when no
+    row does, among all rows. Rows within ``tol`` tie and the earlier row (the order the trials were
+    given in) wins. The returned row has ``rule``: which of the two cases applied.
+
+    >>> s = pd.DataFrame({"trial": ["a", "b", "c"], "moved": [0.5, 0.5, 0.9], "beats_random": [True, True, False]})
+    >>> r = best_trial(s); r["trial"], r["rule"]
+    ('a', 'largest moved among settings that beat every random draw')
+    """
+    if summary.empty:
+        raise ValueError("best_trial: the summary is empty")
+    beats = summary["beats_random"].fillna(False).astype(bool) if "beats_random" in summary else None
+    pool = summary[beats] if beats is not None and beats.any() else summary
+    rule = (f"largest {metric} among settings that beat every random draw" if pool is not summary or
+            (beats is not None and beats.all()) else f"largest {metric} (no setting beat every random draw)")
+    vals = pool[metric].astype(float)
+    row = pool[vals >= vals.max() - tol].iloc[0].copy()
+    row["rule"] = rule
+    return row
 
 
 def label_shares(table: pd.DataFrame, factor: str, by: Sequence[str] = ("trial", "control")) -> pd.DataFrame:

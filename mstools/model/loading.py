@@ -33,6 +33,7 @@ from mstools.core.errors import BadInputError, MissingWeightsError
 from mstools.core.names import BACKENDS
 from mstools.model.checkpoints import (ARCHITECTURES, MELODY_NOTE, REAL_CHECKPOINTS, checkpoint_files,
                                        export_checkpoint, lm_config, load_checkpoint, random_encodec)
+from mstools.model import hub
 from mstools.model.hooked import HookedMusicGen
 
 __all__ = ["load_musicgen", "build_musicgen", "parse_model_name", "MissingWeightsError",
@@ -216,6 +217,10 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
             ``facebook/musicgen-small``). The testbed runs on both.
         seed: weight seed for random models (``testbed-untrained``, ``random-<scale>``).
 
+    A released checkpoint is read from the local Hugging Face cache, or fetched when the hub answers;
+    when it does not, the hub clients are switched to offline mode first
+    (:func:`mstools.model.hub.prepare_offline`), so a missing file fails at once, without retries.
+
     Raises:
         MissingWeightsError: the weights cannot be found or fetched (the message says how to provide
             them, and points to the testbed).
@@ -231,13 +236,16 @@ def load_musicgen(name: str = "testbed", *, device: str | torch.device | None = 
     dev = _device(device)
     if kind == "testbed":
         return _testbed(arg == "trained", seed, dev, backend)
-    if backend == "transformers":
-        # lazy: transformers is only needed on this backend
-        from mstools.model.backends.hf_models import load_hf_musicgen
-        from mstools.model.backends.transformers_backend import backend_from_composite
-        hf, tokenizer = load_hf_musicgen(name, device=dev)
-        return HookedMusicGen(backend_from_composite(hf, tokenizer), name=name)
-    if "melody" in name:
-        warnings.warn(MELODY_NOTE, stacklevel=2)
-    lm_f, comp_f = checkpoint_files(name)
-    return load_checkpoint(name, lm_f, comp_f, dev)
+    if kind == "checkpoint":  # no network: read the local cache at once instead of retrying
+        hub.prepare_offline()
+    with hub.quiet():
+        if backend == "transformers":
+            # lazy: transformers is only needed on this backend
+            from mstools.model.backends.hf_models import load_hf_musicgen
+            from mstools.model.backends.transformers_backend import backend_from_composite
+            hf, tokenizer = load_hf_musicgen(name, device=dev)
+            return HookedMusicGen(backend_from_composite(hf, tokenizer), name=name)
+        if "melody" in name:
+            warnings.warn(MELODY_NOTE, stacklevel=2)
+        lm_f, comp_f = checkpoint_files(name)
+        return load_checkpoint(name, lm_f, comp_f, dev)

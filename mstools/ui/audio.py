@@ -7,16 +7,18 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from mstools.core.fileio import atomic_write_bytes
 
-__all__ = ["write_wav", "wav_bytes", "audio_html", "spectrogram", "player"]
+__all__ = ["write_wav", "wav_bytes", "audio_html", "spectrogram", "player", "players", "Player"]
 
 
 def _mono_numpy(audio: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -50,17 +52,56 @@ def write_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_
 
 
 def audio_html(audio: torch.Tensor | np.ndarray, sample_rate: int, label: str = "") -> str:
-    """A self-contained ``<audio>`` player (wav embedded as base64)."""
+    """A self-contained ``<audio>`` player (wav embedded as base64) under a caption naming it."""
     b64 = base64.b64encode(wav_bytes(audio, sample_rate)).decode()
-    cap = f"<div class='cap'>{label}</div>" if label else ""
-    return (f"<figure class='clip'>{cap}<audio controls preload='none' "
-            f"src='data:audio/wav;base64,{b64}'></audio></figure>")
+    cap = (f"<figcaption class='cap' style='font-size:.9em;margin-bottom:2px'>{html.escape(label)}"
+           f"</figcaption>") if label else ""
+    return (f"<figure class='clip' style='display:inline-block;margin:.3em 1.2em .3em 0'>{cap}"
+            f"<audio controls preload='none' src='data:audio/wav;base64,{b64}'></audio></figure>")
 
 
-def player(audio: torch.Tensor | np.ndarray, sample_rate: int):
-    """An IPython audio player for notebooks."""
-    from IPython.display import Audio  # lazy: display libraries load when something is drawn
-    return Audio(_mono_numpy(audio), rate=int(sample_rate), normalize=True)
+class Player:
+    """One or more labelled audio players for a notebook: each player sits under a caption that
+    names what it holds (e.g. ``"unsteered · seed 0 · clip 3 · genre read: rock"``).
+
+    Displays as HTML (``<figure><figcaption>label</figcaption><audio ...>``, wav embedded), so the
+    caption survives export to HTML and viewers that drop the audio; the plain-text form lists the
+    captions.
+
+    >>> p = players([("a tone", torch.zeros(1, 800))], 8000)
+    >>> p.labels, "a tone" in p._repr_html_()
+    (['a tone'], True)
+    """
+
+    def __init__(self, clips: Sequence[tuple[str, torch.Tensor | np.ndarray]], sample_rate: int):
+        self.clips = [(str(label), audio) for label, audio in clips]
+        if not self.clips:
+            raise ValueError("give at least one (label, audio) pair")
+        for label, _ in self.clips:
+            if not label.strip():
+                raise ValueError("every player needs a caption naming what it holds")
+        self.sample_rate = int(sample_rate)
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _ in self.clips]
+
+    def _repr_html_(self) -> str:
+        return "<div>" + "".join(audio_html(a, self.sample_rate, label) for label, a in self.clips) + "</div>"
+
+    def __repr__(self) -> str:
+        secs = [len(_mono_numpy(a)) / self.sample_rate for _, a in self.clips]
+        return "\n".join(f"[audio] {label} ({s:.1f} s)" for (label, _), s in zip(self.clips, secs))
+
+
+def player(audio: torch.Tensor | np.ndarray, sample_rate: int, label: str) -> Player:
+    """A labelled audio player for notebooks (``label`` says what the clip is)."""
+    return Player([(label, audio)], sample_rate)
+
+
+def players(clips: Sequence[tuple[str, torch.Tensor | np.ndarray]], sample_rate: int) -> Player:
+    """A row of labelled players: ``players([("unsteered", a), ("steered", b)], sr)``."""
+    return Player(clips, sample_rate)
 
 
 def spectrogram(audio: torch.Tensor | np.ndarray, sample_rate: int, *, n_fft: int = 1024,

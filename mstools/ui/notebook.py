@@ -8,10 +8,16 @@
 
 Under test (``MSTOOLS_TEST=1``, set by ``make test``) ``nb.quick`` is True and ``nb.size`` returns the
 small number, so every notebook runs in a few minutes on a 2-core CPU.
+
+In a notebook, ``setup`` also makes figures survive sharing (:func:`shareable_plots`): plotly.js is
+embedded once in the notebook and every figure carries both plotly's own mimetype (JupyterLab, VS
+Code) and self-contained HTML (``jupyter nbconvert --to html``, offline), plus a static PNG when
+kaleido is installed (viewers that run no scripts, such as GitHub's).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import warnings
 from typing import Any
@@ -20,9 +26,37 @@ import torch
 
 from mstools.core.errors import MissingWeightsError
 from mstools.core.names import BACKENDS
-from mstools.model.loading import load_musicgen
+from mstools.model import hub
+from mstools.model.loading import load_musicgen, parse_model_name
 
-__all__ = ["setup", "Notebook", "under_test"]
+__all__ = ["setup", "Notebook", "under_test", "in_notebook", "plotly_renderer", "shareable_plots"]
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (not a terminal IPython, not a plain script)."""
+    try:
+        from IPython import get_ipython  # lazy: only to ask where we run
+    except ImportError:  # pragma: no cover - IPython is installed with the notebook extras
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def plotly_renderer() -> str:
+    """The plotly renderers notebooks use: ``"notebook+plotly_mimetype"`` (plotly.js embedded once,
+    offline, for HTML exports; plotly's mimetype for JupyterLab and VS Code), ``+png`` when kaleido
+    can draw static images."""
+    names = ["notebook", "plotly_mimetype"]
+    if importlib.util.find_spec("kaleido") is not None:
+        names.append("png")
+    return "+".join(names)
+
+
+def shareable_plots() -> str:
+    """Set plotly's default renderer to :func:`plotly_renderer` and return it."""
+    import plotly.io as pio  # lazy: display libraries load when something is drawn
+    pio.renderers.default = plotly_renderer()
+    return pio.renderers.default
 
 
 def under_test() -> bool:
@@ -34,8 +68,10 @@ def under_test() -> bool:
 class Notebook:
     """What a notebook needs: the model, whether to shrink work, where to write.
 
-    ``model_name`` is the model actually running (``"testbed"`` after a fallback) and ``backend`` the
-    implementation it runs on (``"audiocraft"`` or ``"transformers"``).
+    ``model_name`` is the model actually running (``"testbed"`` after a fallback), ``backend`` the
+    implementation it runs on (``"audiocraft"`` or ``"transformers"``), ``asked`` the model the
+    notebook asked for and ``path`` one sentence saying how the running model was obtained (e.g. that
+    a checkpoint was read from the local cache, or why the notebook fell back to the testbed).
     """
 
     model: Any
@@ -43,6 +79,13 @@ class Notebook:
     quick: bool
     device: str
     outputs: str
+    asked: str = ""
+    path: str = ""
+
+    @property
+    def fell_back(self) -> bool:
+        """True when the model asked for could not be loaded and the testbed runs instead."""
+        return bool(self.asked) and self.asked != self.model_name
 
     @property
     def backend(self) -> str:
@@ -65,7 +108,8 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
             MusicGen). Hook names, shapes and steps are the same on both.
 
     A real checkpoint whose weights are missing falls back to the testbed on the same backend, and
-    says so.
+    says so in one printed note (``nb.path``; outside a notebook also as a warning). Without network
+    the hub clients are put in offline mode first, so the fallback is immediate (no retries).
 
     >>> nb = setup("testbed", BACKEND="transformers", quiet=True)
     >>> nb.backend, nb.model.backend_name
@@ -82,11 +126,32 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
     torch.manual_seed(seed)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    notebook = in_notebook()
+    if notebook:
+        shareable_plots()
     name = MODEL
+    kind = parse_model_name(MODEL)[0]
+    hub_state = hub.prepare_offline() if kind == "checkpoint" else ""
     try:
         model = load_musicgen(MODEL, device=device, backend=BACKEND, seed=seed)
+        path = {"checkpoint": f"{MODEL}: " + ("read from the local Hugging Face cache (offline)"
+                                               if hub_state != "online" else
+                                               "from the Hugging Face hub (or its local cache)"),
+                "folder": f"{MODEL}: a local checkpoint folder",
+                "random": f"{MODEL}: random weights (real architecture)"}.get(
+            kind, f"{MODEL}: embedded in mstools")
     except MissingWeightsError as e:
-        warnings.warn(f"{e}\n-> running on the testbed ({BACKEND} backend) instead.")
+        reason = str(e).splitlines()[0]
+        how = "\n".join(str(e).splitlines()[1:])
+        why = "no network: offline mode, and not in the local cache" if hub_state in ("unreachable",
+                                                                                    "offline") else reason
+        path = f"testbed instead of {MODEL} ({why})"
+        note = (f"{MODEL} is not available here ({why}), so this notebook runs on the testbed "
+                f"({BACKEND} backend) instead.\n{how}")
+        if notebook:
+            print(note)
+        else:
+            warnings.warn(f"{reason} -> running on the testbed ({BACKEND} backend) instead.\n{how}")
         name = "testbed"
         model = load_musicgen("testbed", device=device, backend=BACKEND)
     os.makedirs(outputs, exist_ok=True)
@@ -94,4 +159,4 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
         print(f"{model}\nbackend: {BACKEND}, device: {device}, torch threads: "
               f"{torch.get_num_threads()}{', quick mode (under test)' if quick else ''}")
     return Notebook(model=model, model_name=name, quick=quick, device=device,
-                    outputs=outputs)
+                    outputs=outputs, asked=MODEL, path=path)

@@ -3,8 +3,8 @@
 :class:`SteeringPanel` puts the knobs of :class:`mstools.steering.Steerer` behind widgets (vector,
 hooks, strength in units of the mean activation norm, time window, CFG branch, seed, prompt,
 duration) and a Generate button. Each run generates the unsteered and the steered clip with the
-same prompt and seed and shows them side by side (audio players, spectrograms) above a per-second
-readout (:func:`mstools.analysis.readout.per_second`) of both clips.
+same prompt, seed and random numbers (paired sampling, noise id :data:`NOISE_ID`) and shows them
+side by side (audio players, spectrograms) above a per-second readout (:func:`mstools.analysis.readout.per_second`) of both clips.
 
 How it behaves:
 
@@ -49,11 +49,23 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from mstools.ui.audio import spectrogram, wav_bytes
+from mstools.ui.audio import players, spectrogram, wav_bytes
+from mstools.ui.plots import label_color
 from mstools.analysis.readout import per_second
 from mstools.steering import Steerer, SteeringVector, check_strength
 
-__all__ = ["SteeringPanel", "PanelSettings", "PanelResult", "readout_figure"]
+__all__ = ["SteeringPanel", "PanelSettings", "PanelResult", "readout_figure", "STATIC_NOTE", "NOISE_ID"]
+
+#: Noise id of the panel's clips (paired sampling, :mod:`mstools.model.sampling`): the unsteered and
+#: the steered clip draw the same random numbers, and a panel clip with seed ``s`` and prompt ``p``
+#: is clip 0 of :func:`mstools.evaluation.steering` run with ``prompts=[p]`` and ``seeds=[s]``.
+NOISE_ID = 0
+
+#: What a copy of the notebook without a running kernel shows in place of the panel (HTML export,
+#: GitHub): the widgets need a live kernel. Hidden by CSS wherever the panel itself rendered.
+STATIC_NOTE = ("Steering panel: interactive widgets need a running kernel. In a static copy of this "
+               "notebook (HTML export, GitHub) run the cells above in Jupyter to use the panel; the "
+               "saved result of the last run is shown further below.")
 
 BRANCHES = ("cond", "uncond", "both")
 
@@ -70,7 +82,8 @@ class PanelSettings:
             the clip (so the trailing delay-pattern steps, which complete the last frames, are
             steered too).
         branch: ``"cond"``, ``"uncond"`` or ``"both"``.
-        seed, prompt, duration: as passed to ``generate``.
+        seed, prompt, duration: as passed to ``generate``; an empty prompt box gives ``prompt=None``,
+            unconditional generation (where steering has no text to compete with).
     """
 
     vector: str
@@ -79,11 +92,11 @@ class PanelSettings:
     schedule: tuple[float, float | None]
     branch: str
     seed: int
-    prompt: str
+    prompt: str | None
     duration: float
 
     @property
-    def clip_key(self) -> tuple[str, int, float]:
+    def clip_key(self) -> tuple[str | None, int, float]:
         """What the unsteered clip depends on: ``(prompt, seed, duration)``."""
         return (self.prompt, self.seed, self.duration)
 
@@ -202,7 +215,8 @@ class SteeringPanel:
         self.branch = w.ToggleButtons(options=list(BRANCHES), value="cond", description="branch")
         self.seed = w.IntText(value=int(seed), description="seed")
         self.prompt = w.Combobox(value=prompts[0], options=prompts, ensure_option=False,
-                                 description="prompt", placeholder="a text prompt")
+                                 description="prompt",
+                                 placeholder="a text prompt (empty: unconditional)")
         self.generate_button = w.Button(description="Generate", button_style="primary",
                                         icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=100, description="")
@@ -238,8 +252,28 @@ class SteeringPanel:
         from IPython.display import display  # lazy: display libraries load when something is drawn
         display(self.widget)
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        """The live widget, and for copies without a kernel a plain note (``text/html``)."""
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        bundle["text/plain"] = f"{self!r}\n{STATIC_NOTE}"
+        return bundle
+
     def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display  # lazy: display libraries load when something is drawn
+        # a note that only shows where the widget does not render (CSS :has hides it next to a panel)
+        display(HTML("<style>.jp-OutputArea:has(.widget-vbox) .mstools-static-note,"
+                     ".output_area:has(.widget-vbox) .mstools-static-note{display:none}</style>"
+                     f"<div class='mstools-static-note' style='padding:.6em;border:1px dashed #999;"
+                     f"color:#444'>{html.escape(STATIC_NOTE)}</div>"))
         self.display()
+
+    def snapshot(self) -> "Snapshot":
+        """The last run as static output: its settings, labelled players (unsteered and steered, same
+        prompt and seed) and the per-second readout figure; it stays in a saved or exported copy of
+        the notebook. Raises ValueError before the first successful run."""
+        if self.result is None:
+            raise ValueError("no run yet: press Generate (or call panel.run(sync=True)) first")
+        return Snapshot(self.result)
 
     def __repr__(self) -> str:
         return (f"SteeringPanel({self.model.model_name!r}, vectors={list(self.vectors)}, "
@@ -306,9 +340,7 @@ class SteeringPanel:
         branch = self.branch.value
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-        prompt = (self.prompt.value or "").strip()
-        if not prompt:
-            raise ValueError("type a prompt")
+        prompt = (self.prompt.value or "").strip() or None  # empty: unconditional generation
         return PanelSettings(vector=name, hooks=hooks, strength=strength,
                              schedule=(t0, None if t1 >= duration - 1e-9 else t1), branch=branch,
                              seed=int(self.seed.value), prompt=prompt, duration=duration)
@@ -371,6 +403,7 @@ class SteeringPanel:
                 cached = False
                 self._say("Generating the unsteered clip...")
                 out = self.model.generate([settings.prompt], settings.duration, seed=settings.seed,
+                                          noise_ids=[NOISE_ID],
                                           fwd_hooks=[self._progress_hook(0.0, 0.45, total)])
                 clip = self._remember(settings.clip_key, _Clip(out))
             else:
@@ -378,6 +411,7 @@ class SteeringPanel:
             self._set_progress(0.45)
             self._say("Generating the steered clip...")
             steered = steerer.generate([settings.prompt], settings.duration, seed=settings.seed,
+                                       noise_ids=[NOISE_ID],
                                        fwd_hooks=[self._progress_hook(0.45, 0.9, total)])
             self._set_progress(0.9)
             self._show_clips(clip.output, steered)
@@ -481,6 +515,39 @@ class SteeringPanel:
                                                     "per-second readout"),)
 
 
+class Snapshot:
+    """A panel run as static output (see :meth:`SteeringPanel.snapshot`): HTML with the settings and
+    two labelled players, then the readout figure (plotly)."""
+
+    def __init__(self, result: PanelResult):
+        self.result = result
+
+    def settings_text(self) -> str:
+        s = self.result.settings
+        t1 = "end" if s.schedule[1] is None else f"{s.schedule[1]:g} s"
+        prompt = "(none: unconditional)" if s.prompt is None else repr(s.prompt)
+        return (f"vector {s.vector} at {', '.join(s.hooks)}, strength {s.strength:g} x mean norm, window "
+                f"{s.schedule[0]:g} s to {t1}, branch {s.branch}, prompt {prompt}, seed {s.seed}, "
+                f"{s.duration:g} s")
+
+    def _repr_html_(self) -> str:
+        r = self.result
+        sr = int(r.unsteered.sample_rate)
+        p = players([("unsteered (same prompt and seed)", r.unsteered.audio[0]),
+                     (f"steered toward {r.settings.vector}", r.steered.audio[0])], sr)
+        return (f"<div><b>Saved panel run</b>: {html.escape(self.settings_text())}</div>"
+                + p._repr_html_())
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display  # lazy: display libraries load when something is drawn
+        display(HTML(self._repr_html_()))
+        if self.result.readout is not None:
+            display(readout_figure(self.result.readout, self.result.settings, self.result.readout_hook))
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.settings_text()})"
+
+
 def readout_figure(table: pd.DataFrame, settings: PanelSettings, hook: str) -> Any:
     """Plotly lines of a per-second readout, steered (solid) vs unsteered (dashed), window shaded.
 
@@ -497,8 +564,8 @@ def readout_figure(table: pd.DataFrame, settings: PanelSettings, hook: str) -> A
         for version, dash in (("unsteered", "dash"), ("steered", "solid")):
             if col == "value":  # one line each: grey unsteered, coloured steered
                 color = "#7f7f7f" if version == "unsteered" else palette[0]
-            else:  # one colour per class, dashed when unsteered
-                color = palette[i % len(palette)]
+            else:  # one colour per class (genres in their fixed colours), dashed when unsteered
+                color = label_color(col, cols)
             rows = table[table["version"] == version]
             mid = (rows["t0"].to_numpy() + rows["t1"].to_numpy()) / 2
             name = version if col == "value" else f"{col} ({version})"

@@ -157,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         tab.send("Page.navigate", url=f"http://127.0.0.1:{args.port}/lab/tree/panel.ipynb?token={token}")
         tab.wait_for("!!(window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell'))",
                      90, "JupyterLab and the notebook")
+        # JupyterLab 4.6 may still ask which kernel to start: take the notebook's own (preselected)
+        for _ in range(20):
+            if tab.js("(() => { const b = [...document.querySelectorAll('.jp-Dialog button')]"
+                      ".find(b => b.textContent.trim() === 'Select'); if (b) { b.click(); return true }"
+                      " return false })()"):
+                break
+            time.sleep(0.5)
         tab.wait_for("!!document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=idle]')",
                      120, "the mstools kernel to start")
         # a headless page has no focus, so JupyterLab has no current widget: activate the notebook
@@ -169,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         tab.wait_for("[...document.querySelectorAll('button')].some(b => b.textContent.trim() === "
                      "'Generate')", 300, "the panel's Generate button")
         print(f"panel rendered {time.time() - t0:.1f} s after run-all")
+        # the note for static copies is hidden where the live panel renders
+        note = tab.js("(() => { const n = document.querySelector('.mstools-static-note');"
+                      " return n ? getComputedStyle(n).display : 'absent' })()")
+        print(f"static-copy note next to the live panel: display={note}")
         time.sleep(2)
         # dismiss JupyterLab's "news?" toast, then show the panel from its first control
         tab.js("[...document.querySelectorAll('.jp-toast-button')].filter(b => b.textContent.trim()"
@@ -210,10 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         tab.js("document.querySelector('.js-plotly-plot').scrollIntoView({block: 'start'})")
         time.sleep(1)
         tab.screenshot(f"{args.out}_plots.png")
-        ok = "Done in" in (status or "") and plots >= 3
+        ok = "Done in" in (status or "") and plots >= 3 and note in ("none", "absent")
         print("OK" if ok else "FAILED")
         return 0 if ok else 1
     except Exception:
+        try:  # what the page showed when it failed
+            tab.screenshot(f"{args.out}_failed.png")  # noqa: F821 - set once Chromium answered
+        except Exception:
+            pass
         for log in ("lab.log", "chrome.log"):
             if (work / log).is_file():
                 print(f"--- last lines of {log}:\n" + "".join((work / log).open().readlines()[-15:]))

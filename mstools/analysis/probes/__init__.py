@@ -33,11 +33,11 @@ from mstools.analysis.probes.fits import LinearFit, Probe
 from mstools.analysis.probes.metrics import accuracy, f1_macro, r2
 from mstools.analysis.probes.solvers import centered_gram, fit_logistic, fit_ridge, fit_seed_recipe
 from mstools.analysis.probes.splits import group_folds, group_split, shuffle_by_clip
-from mstools.analysis.probes.sweep import (CONTROLS, METHODS, fit_probes, held_out_predictions,
-                                           probe_sweep, summarize)
+from mstools.analysis.probes.sweep import (CONTROLS, METHODS, best_hook, fit_probes,
+                                           held_out_predictions, probe_sweep, summarize)
 from mstools.core.names import layer_of
 
 __all__ = ["LinearFit", "Probe", "layer_of", "stack_features", "centered_gram", "fit_ridge",
            "fit_logistic", "fit_seed_recipe", "accuracy", "f1_macro", "r2", "group_split",
            "group_folds", "shuffle_by_clip", "fit_probes", "probe_sweep", "summarize",
-           "held_out_predictions", "METHODS", "CONTROLS"]
+           "held_out_predictions", "best_hook", "METHODS", "CONTROLS"]

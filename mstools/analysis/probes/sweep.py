@@ -20,7 +20,7 @@ from mstools.analysis.probes.solvers import fit_logistic, fit_ridge, fit_seed_re
 from mstools.analysis.probes.splits import group_folds, group_split, shuffle_by_clip
 from mstools.core.names import layer_of
 
-__all__ = ["fit_probes", "probe_sweep", "summarize", "held_out_predictions", "cv_alpha", "ALPHA_GRID",
+__all__ = ["fit_probes", "probe_sweep", "summarize", "best_hook", "held_out_predictions", "cv_alpha", "ALPHA_GRID",
            "METHODS", "CONTROLS"]
 
 METHODS = ("logistic", "ridge", "seed")
@@ -388,6 +388,37 @@ def summarize(
         out[f"{m}_lo"] = np.clip(mean - half, lo, hi)
         out[f"{m}_hi"] = np.clip(mean + half, lo, hi)
     return out
+
+
+def best_hook(summary: pd.DataFrame, target: str, method: str = "logistic", *, model: str = "trained",
+              metric: str = "accuracy", tiebreak: str = "r2", tol: float = 1e-9) -> str:
+    """The one rule for "the best layer" of a factor: the hook (with a layer, no control) whose mean
+    held-out ``metric`` is highest; hooks within ``tol`` of it tie, and ties go to the higher mean
+    ``tiebreak`` (R² by default: it still separates layers that all classify perfectly), then to the
+    earlier layer.
+
+    Args:
+        summary: :func:`summarize` of a :func:`probe_sweep` table.
+        target, method, model: which probes compete.
+
+    >>> s = pd.DataFrame({"model": "trained", "control": "none", "method": "ridge", "target": "g",
+    ...                   "hook": ["a", "b", "c"], "layer": [0, 1, 2], "accuracy_mean": [0.9, 1.0, 1.0],
+    ...                   "r2_mean": [0.5, 0.6, 0.8]})
+    >>> best_hook(s, "g", "ridge")
+    'c'
+    """
+    s = summary
+    for col, value in (("model", model), ("control", "none"), ("method", method), ("target", target)):
+        if col in s.columns:
+            s = s[s[col] == value]
+    s = s[s["layer"] >= 0]
+    if s.empty:
+        raise ValueError(f"no probes of target {target!r}, method {method!r}, model {model!r} with a layer")
+    m = f"{metric}_mean"
+    top = s[s[m] >= s[m].max() - tol]
+    t = f"{tiebreak}_mean"
+    keys, asc = ([t, "layer"], [False, True]) if t in top.columns else (["layer"], [True])
+    return str(top.sort_values(keys, ascending=asc).iloc[0]["hook"])
 
 
 #: Ranges metrics cannot leave (intervals are clipped to them).
