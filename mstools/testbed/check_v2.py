@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer settings and seeds")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"experiments, from {KINDS}")
     parser.add_argument("--seeds", type=int, default=8, help="seeds of the confirmation (= random draws)")
-    parser.add_argument("--top", type=int, default=2, help="screened settings confirmed per experiment")
+    parser.add_argument("--top", type=int, default=1, help="screened settings confirmed per criterion")
     parser.add_argument("--no-probes", action="store_true")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=1)
@@ -360,10 +360,12 @@ def main(argv: Sequence[str] | None = None) -> None:
              f"\nstage 2:\n{_show(s2, 12)}")
         results[f"screen_{kind}"] = {"stage1": s1.to_dict(orient="records"), "stage2": s2.to_dict(orient="records"),
                                      "unsteered": s1.attrs["unsteered_hit"], "prompted": s1.attrs["prompted_hit"]}
-        # confirm: the best quality-keeping settings, the cheapest of the strong ones, the strongest
+        # confirm: the best settings whose screened loglik drop is well inside the bound (the screen
+        # is noisy), the best inside it, the cheapest of the strong ones, the strongest
+        bound = 2 * max(float(s2.ll_drop_prompted.iloc[0]), 0.05)
         strong = s2[s2.hit >= 0.75].sort_values("ll_drop")
-        picks = pd.concat([s2[s2.quality_ok].head(args.top), strong.head(1),
-                           s2.sort_values(["hit", "ll_drop"], ascending=[False, True]).head(1)])
+        picks = pd.concat([s2[s2.ll_drop <= bound / 2].head(args.top), s2[s2.quality_ok].head(args.top),
+                           strong.head(1), s2.sort_values(["hit", "ll_drop"], ascending=[False, True]).head(1)])
         rows, seen = [], set()
         for _, p in picks.iterrows():
             setting = dict(method=p["method"], layer=int(p["layer"]), strength=float(p["strength"]),
