@@ -343,7 +343,7 @@ class _Config:
 def _config(quick: bool) -> _Config:
     if quick:
         return _Config(targets=("jazz",), n_prompts=8, n_clips=256, layers=(1, 2), alphas=(0.5,))
-    return _Config(targets=GENRES, n_prompts=16, n_clips=1024, layers=(0, 1, 2, 3),
+    return _Config(targets=GENRES, n_prompts=16, n_clips=1024, layers=(0, 1, 2, 3, 4, 5, 6, 7),
                    alphas=(0.5, 0.75))
 
 
@@ -611,7 +611,7 @@ def run_all(model: Any, quick: bool = False, seeds: Sequence[int] | None = None,
     """Run the six experiments; returns the tidy table (see :func:`run_arms`).
 
     ``quick``: one target (jazz), 8 prompts, one strength per arm (about half a minute).
-    Full: four targets x 16 prompts (64 clips per table row and seed), layers 0-3.
+    Full: four targets x 16 prompts (64 clips per table row and seed), layers 0-7.
     The best (method, layer) of experiment 1 is used by experiments 2-6.
     """
     torch.manual_seed(0)
