@@ -107,7 +107,7 @@ def test_the_folder_generates_what_mstools_generates(exported_testbed):
     ours = {backend: mstools.load_musicgen("testbed", device="cpu", backend=backend).generate(
         prompts, 2.0, seed=3).codes for backend in ("audiocraft", "transformers")}
     assert torch.equal(ours["audiocraft"], ours["transformers"])
-    assert (ours["audiocraft"] == codes).float().mean() >= 0.9
+    assert (ours["audiocraft"] == codes).float().mean() >= 0.7
 
 
 def test_outside_code_runs_and_scores_as_mstools(exported_testbed, tmp_path):

@@ -9,9 +9,11 @@ trained together from random weights. What a batch holds (:data:`RECIPE`, all re
 manifest):
 
 - **captions** from :func:`mstools.testbed.captions.noisy_caption`: factors left out, synonyms and
-  filler words, and a wrong value for a mentioned factor with probability ``wrong_prob``, so a
-  prompt is evidence the audio context can outweigh; a share ``cfg_dropout`` of clips has no text
-  (the null condition, for classifier-free guidance);
+  filler words, a wrong value for a mentioned factor with probability ``wrong_prob`` (per factor:
+  about 4 % per wrong value for genre and instrument, 6 % for the two-valued tempo and dynamics)
+  and, for genre, the genre that sounds most alike (same scale and drum kit) with probability
+  ``similar_prob``, so a prompt is evidence the audio context can outweigh; a share
+  ``cfg_dropout`` of clips has no text (the null condition, for classifier-free guidance);
 - **switching clips** (:func:`mstools.testbed.music.sample_switch_clip`): with probability
   ``switch_prob`` (``switch_prob_null`` for clips without text) one factor changes at a phrase
   boundary, and the caption describes the start: the music can move away from its description and
@@ -64,8 +66,8 @@ DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "runs" / "testbed"
 RECIPE: dict[str, tp.Any] = {
     "cfg_dropout": 0.12,
     "mention_prob": 0.7,
-    "wrong_prob": 0.15,
-    "similar_prob": 0.0,
+    "wrong_prob": {"genre": 0.12, "instrument": 0.12, "tempo": 0.06, "dynamics": 0.06},
+    "similar_prob": 0.08,
     "synonym_prob": 0.25,
     "switch_prob": 0.04,
     "switch_prob_null": 0.2,
