@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.mstools-setup-done
 REQS    := requirements/torch.txt requirements/nodeps.txt requirements/base.txt pyproject.toml
 
-.PHONY: setup demo test lab bench clean-venv strip
+.PHONY: setup demo test lab bench figures clean-venv strip
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ lab: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# the README's measured figures: full demo, testbed evaluation and findings, then the README blocks
+figures: setup
+	$(BIN)/python -m mstools demo --out outputs
+	mkdir -p experiments/results && cp outputs/results.json experiments/results/demo.json
+	$(BIN)/python experiments/evaluate_testbed.py
+	$(BIN)/python experiments/findings.py --out experiments/results
+	$(BIN)/python -m mstools export --model testbed --format transformers --out outputs/testbed-hf
+	cp outputs/testbed-hf/mstools_export.json experiments/results/export.json
+	$(BIN)/python experiments/readme_figures.py
 
 strip:
 	$(BIN)/nbstripout notebooks/*.ipynb

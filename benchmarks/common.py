@@ -47,9 +47,12 @@ def model(scale: str, backend: str = "audiocraft"):
 
 
 def machine() -> dict[str, object]:
+    """Versions, threads and the machine's 1-minute load average when the result was written (the
+    benchmark itself adds about its thread count; a load well above that means other work competed)."""
     return {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+            "processor": platform.processor() or platform.machine(),
+            "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def write(name: str, payload: dict) -> Path:

@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one target, few prompts, two layers")
     p.add_argument("--seeds", type=int, default=None, help="generation seeds (default 1)")
-    p.add_argument("--out", default=str(HERE), help="folder for findings.md and findings.csv")
+    p.add_argument("--out", default=str(HERE / "results"), help="folder for findings.md and findings.csv")
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     p.add_argument("--backend", default="audiocraft", choices=("audiocraft", "transformers"))
     args = p.parse_args(argv)

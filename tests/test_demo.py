@@ -1,6 +1,7 @@
 """The main job end to end (quick size): report, wavs, tables."""
 from __future__ import annotations
 
+import html as html_lib
 import json
 
 import pandas as pd
@@ -33,11 +34,16 @@ def test_demo_quick_writes_report_wavs_and_tables(tmp_path):
         assert row["base_rate"] == pytest.approx((twins["genre"] == row["target"]).mean())
     # the report's first sentences quote the run's own numbers
     probes = pd.DataFrame(results["probes"])
-    genre = probes.query("control == 'none' and model == 'trained' and method == 'logistic' "
-                         "and target == 'genre'")
-    best = genre.sort_values("accuracy_mean").iloc[-1]
-    assert f"{best['accuracy_mean']:.2f}" in results["reading"][0]
-    assert results["reading"][0] in html
+    assert set(probes["text"]) == {"prompt", "null"}
+    for line, text in zip(results["reading"], ("null", "prompt")):
+        genre = probes.query("text == @text and control == 'none' and method == 'logistic' "
+                             "and target == 'genre'")
+        trained = genre[genre.model == "trained"].set_index("layer")["accuracy_mean"]
+        untrained = genre[genre.model == "untrained"].set_index("layer")["accuracy_mean"]
+        layer = min(l for l, a in trained.items() if a >= trained.max() - 0.005)
+        assert f"from layer {layer} on" in line and f"accuracy {trained[layer]:.2f}" in line
+        assert f"reads it at {untrained[layer]:.2f}" in line
+        assert html_lib.escape(line) in html
 
 
 def test_backend_option_reaches_the_models(tmp_path, monkeypatch):

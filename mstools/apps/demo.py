@@ -41,7 +41,10 @@ from mstools.ui import plots
 from mstools.ui.audio import spectrogram, write_wav
 from mstools.ui.report import Report
 
-__all__ = ["run_demo", "demo_models", "DemoConfig", "configure", "run", "reading"]
+__all__ = ["run_demo", "demo_models", "DemoConfig", "configure", "run", "reading", "TEXTS"]
+
+#: How cached clips are read: with their prompts (CFG's conditional branch) or with the null text.
+TEXTS = {"prompt": "cond", "null": "uncond"}
 
 
 @dataclasses.dataclass
@@ -78,19 +81,26 @@ def demo_models(seed: int = 0, backend: str = "audiocraft") -> tuple[Any, Any]:
 
 def reading(probe_summary: pd.DataFrame, steer_summary: pd.DataFrame, genre_hook: str) -> list[str]:
     """What the run shows, as sentences computed from its own numbers (the report's first section)."""
-    s = probe_summary.query("control == 'none' and method == 'logistic' and target == 'genre'")
-    tr, un = s[s.model == "trained"].set_index("layer"), s[s.model == "untrained"].set_index("layer")
-    shuffled = probe_summary.query("control == 'shuffled' and model == 'trained' and method == 'logistic' "
-                                   "and target == 'genre'")["accuracy_mean"]
-    best = int(tr["accuracy_mean"].idxmax())
-    sel = (tr["accuracy_mean"] - un["accuracy_mean"]).dropna()
-    lines = [
-        f"Genre is read best at layer {best} (logistic probe, held-out accuracy "
-        f"{tr.loc[best, 'accuracy_mean']:.2f}); an untrained model of the same shape reads it at "
-        f"{un.loc[best, 'accuracy_mean']:.2f} there, and shuffled labels give "
-        f"{shuffled.mean():.2f}. The largest gap between trained and untrained (selectivity) is "
-        f"{sel.max():.2f}, at layer {int(sel.idxmax())}.",
-    ]
+    lines = []
+    for text in ("null", "prompt"):
+        s = probe_summary.query("text == @text and control == 'none' and method == 'logistic' "
+                                "and target == 'genre'")
+        if s.empty:
+            continue
+        tr, un = s[s.model == "trained"].set_index("layer"), s[s.model == "untrained"].set_index("layer")
+        shuffled = probe_summary.query("text == @text and control == 'shuffled' and model == 'trained' "
+                                       "and method == 'logistic' and target == 'genre'")["accuracy_mean"]
+        top = tr["accuracy_mean"].max()
+        best = int(tr.index[tr["accuracy_mean"] >= top - 0.005].min())   # earliest layer at the top
+        sel = (tr["accuracy_mean"] - un["accuracy_mean"]).dropna()
+        how = ("With the null text (only the audio tells the genre)" if text == "null" else
+               "With the clips' prompts (which name the genre in most clips)")
+        lines.append(
+            f"{how}, genre is read best from layer {best} on (logistic probe, held-out accuracy "
+            f"{tr.loc[best, 'accuracy_mean']:.2f}); an untrained model of the same shape reads it at "
+            f"{un.loc[best, 'accuracy_mean']:.2f} there (selectivity "
+            f"{tr.loc[best, 'accuracy_mean'] - un.loc[best, 'accuracy_mean']:.2f}; largest "
+            f"{sel.max():.2f}, at layer {int(sel.idxmax())}), shuffled labels give {shuffled.mean():.2f}.")
     by = steer_summary.groupby(["method", "strength"], as_index=False).agg(
         success=("success", "mean"), base=("base_rate", "mean"), random=("random_mean", "mean"),
         random_max=("random_max", "max"), ll_drop=("ll_drop", "mean"), prompted_drop=("ll_drop_prompted", "mean"))
@@ -126,28 +136,38 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0,
     report = Report("mstools — the method on the testbed")
     flags = (" --quick" if quick else "") + (f" --backend {backend}" if backend != "audiocraft" else "")
 
-    _log(f"caching {cfg.clips} procedural clips x {len(hooks)} layers (trained and untrained)")
+    _log(f"caching {cfg.clips} procedural clips x {len(hooks)} layers (trained and untrained), "
+         f"read with their prompts and with the null text")
     source = testbed_clips(cfg.clips, seconds=cfg.seconds, seed=seed)
     stores = {}
     for name, m in (("trained", model), ("untrained", untrained)):
         where = out / "stores" / f"{'quick' if quick else 'full'}_{backend}_{name}"
         stores[name] = cache_activations(m, source, where, hooks, Pooling("mean"), batch_size=32,
-                                         progress=False)
-    labels = stores["trained"].labels
-    features = {name: {h: s.features(h) for h in hooks} for name, s in stores.items()}
+                                         branches=("cond", "uncond"), progress=False)
+    features, labels_of = {}, {}
+    for text, branch in TEXTS.items():
+        rows = (stores["trained"].labels["branch"] == branch).to_numpy()
+        labels_of[text] = stores["trained"].labels[rows].reset_index(drop=True)
+        features[text] = {name: {h: s.features(h)[torch.tensor(rows)] for h in hooks}
+                          for name, s in stores.items()}
+    labels = labels_of["prompt"]
 
     _log("fitting probes for every layer with controls")
-    sweep = probes.probe_sweep(features, labels, targets=list(FACTORS), methods=("logistic", "ridge"),
-                               seeds=cfg.probe_seeds, controls=("shuffled",))
-    probe_summary = probes.summarize(sweep)
-    genre = probe_summary.query("control == 'none' and model == 'trained' and method == 'logistic' "
-                                "and target == 'genre'").sort_values("layer")
+    sweeps, summaries = [], []
+    for text in TEXTS:
+        sw = probes.probe_sweep(features[text], labels_of[text], targets=list(FACTORS),
+                                methods=("logistic", "ridge"), seeds=cfg.probe_seeds, controls=("shuffled",))
+        sweeps.append(sw.assign(text=text))
+        summaries.append(probes.summarize(sw).assign(text=text))
+    sweep, probe_summary = pd.concat(sweeps, ignore_index=True), pd.concat(summaries, ignore_index=True)
+    genre = probe_summary.query("text == 'prompt' and control == 'none' and model == 'trained' "
+                                "and method == 'logistic' and target == 'genre'").sort_values("layer")
     # steer where genre first becomes readable (the earliest layer within 0.05 of the best probe)
     top = float(genre["accuracy_mean"].max())
     genre_hook = str(genre[genre["accuracy_mean"] >= top - 0.05].iloc[0]["hook"])
 
     _log(f"genre directions at {genre_hook}")
-    X, g = features["trained"][genre_hook], labels["genre"].to_numpy()
+    X, g = features["prompt"]["trained"][genre_hook], labels["genre"].to_numpy()
     dm = {c: diff_means(X, g, c, hook=genre_hook, target="genre") for c in GENRES}
     fitted = {m: probes.fit_probes({genre_hook: X}, labels, "genre", m)[genre_hook]
               for m in ("logistic", "ridge")}
@@ -174,13 +194,18 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0,
     report.heading("1. Which layers know what? Probes with controls")
     report.text("Held-out accuracy of linear probes per layer (split by clip, several seeds, 95 % "
                 "interval). Dashed: the same probe on an untrained model of the same shape; dotted: "
-                "shuffled labels. A probe found something real where the solid line clears both.")
-    for t in FACTORS:
-        report.figure(plots.layer_curve(sweep, "accuracy", target=t, method="logistic",
-                                        title=f"{t}: logistic probe accuracy per layer"))
+                "shuffled labels. A probe found something real where the solid line clears both. "
+                "Clips are read twice: with their training-style prompts (which name the genre in "
+                "most clips, so even random weights can pass the word on) and with the null text "
+                "(only the audio tells the factor).")
+    for text in TEXTS:
+        for t in FACTORS:
+            report.figure(plots.layer_curve(sweep[sweep.text == text], "accuracy", target=t,
+                                            method="logistic",
+                                            title=f"{t}: logistic probe accuracy per layer ({text} text)"))
     best = (probe_summary.query("control == 'none' and model == 'trained' and method == 'logistic'")
-            .sort_values("accuracy_mean", ascending=False).groupby("target").head(1))
-    report.table(best[["target", "hook", "accuracy_mean", "accuracy_lo", "accuracy_hi"]])
+            .sort_values("accuracy_mean", ascending=False).groupby(["text", "target"]).head(1))
+    report.table(best[["text", "target", "hook", "accuracy_mean", "accuracy_lo", "accuracy_hi"]])
     report.heading("2. Genre directions")
     report.text(f"Directions at `{genre_hook}`: difference of class means, logistic and ridge probe "
                 f"weights (ridge penalty chosen by cross-validation: alpha "

@@ -120,7 +120,7 @@ def pool(acts: torch.Tensor, steps: torch.Tensor, how: str, *, num_codebooks: in
 
     if how == "last":
         return acts[:, positions[steps[positions].argmax()]]
-    selected = acts[:, positions]
+    selected = acts if window is None else acts[:, positions]  # no copy of the whole clip
     acc = torch.promote_types(acts.dtype, torch.float32) if acts.is_floating_point() else torch.float32
     out = selected.to(acc).mean(dim=1)
     return out.to(acts.dtype) if acts.is_floating_point() else out
