@@ -33,7 +33,7 @@ import torch
 
 import mstools
 from mstools import evaluation
-from mstools.analysis.directions import diff_means, from_probe
+from mstools.analysis.directions import RECIPES, diff_means, from_probe
 from mstools.analysis.probes import fit_probes
 from mstools.core.fileio import atomic_write_text
 from mstools.data.labelled import labelled_features
@@ -42,7 +42,7 @@ from mstools.steering import Steering, SteeringVector, crossfade, window
 from mstools.testbed import FACTORS, GENRES, make_dataset
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("diff_means", "ridge", "logistic")
+METHODS = RECIPES
 #: Source genre for each target: differs in scale, drum kit and order cue.
 OPPOSITE = {"jazz": "rock", "rock": "jazz", "classical": "electronic", "electronic": "classical"}
 PULSE = window(0.0, 2.0)
@@ -75,6 +75,8 @@ class Directions:
         self.model, self.n_clips, self.seed, self.branch = model, n_clips, seed, branch
         self._features: dict[str, tuple[torch.Tensor, pd.DataFrame]] = {}
         self._probes: dict[tuple, Any] = {}
+        #: the ridge penalty cross-validation chose, per (hook, factor)
+        self.alphas: dict[tuple[str, str], float | None] = {}
 
     def features(self, hook: str) -> tuple[torch.Tensor, pd.DataFrame]:
         if hook not in self._features:
@@ -91,6 +93,8 @@ class Directions:
             key = (hook, factor, method)
             if key not in self._probes:
                 self._probes[key] = fit_probes({hook: X}, labels, factor, method)[hook]
+                if method == "ridge":
+                    self.alphas[(hook, factor)] = self._probes[key].meta.get("alpha")
             d = from_probe(self._probes[key], value)
         return SteeringVector.from_directions(d, self.model.fingerprint, shape={hook: self.model.hook_shape(hook)},
                                               meta={"method": method, "factor": factor, "value": value})
@@ -295,13 +299,15 @@ def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Call
         log(f"[{time.monotonic() - t0:6.0f} s] {name} done")
     out = pd.concat(parts, ignore_index=True)
     out.attrs["best"] = {"method": method, "layer": layer}
+    out.attrs["alphas"] = {(f"{h} ({how})", f): a for how, dd in (("with prompts", d), ("null text", d_audio))
+                           for (h, f), a in dd.alphas.items()}
     return out
 
 
 COLUMNS = ["trial", "prompts", "segment", "n", "success", "success_lo", "success_hi", "base_rate", "moved",
-           "random_mean", "random_sd", "random_min", "random_max", "prompted", "ll_drop", "ll_drop_prompted",
-           "quality_ok", "meets", "identical", "kept_genre", "kept_tempo", "kept_instrument", "kept_dynamics",
-           "random_kept_genre", "random_kept_instrument"]
+           "moved_lo", "moved_hi", "random_mean", "random_sd", "random_min", "random_max", "prompted", "ll_drop",
+           "ll_drop_prompted", "quality_ok", "meets", "identical",
+           *[f"{k}{f}" for f in FACTORS for k in ("kept_", "random_kept_")]]
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
@@ -310,6 +316,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
     best = summary.attrs.get("best")
     if best:
         lines += [f"Best direction from experiment 1: **{best['method']}** at layer **{best['layer']}**.", ""]
+    alphas = summary.attrs.get("alphas")
+    if alphas:
+        lines += ["Ridge penalties chosen by 5-fold cross-validation by clip (`fit_probes`, `alpha=\"cv\"`): "
+                  + ", ".join(f"{h} {f}: {a:g}" for (h, f), a in sorted(alphas.items()) if a is not None) + ".", ""]
     lines += ["Every number comes from `mstools.evaluation` (paired unsteered twins, random directions of "
               "equal norm, prompted control per source prompt). success = share of steered clips on "
               "target (95 % interval); base_rate = share of the paired unsteered clips already on target; "

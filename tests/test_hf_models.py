@@ -201,7 +201,7 @@ def test_released_checkpoint_offline_says_what_to_do():
         load_hf_musicgen("facebook/musicgen-small")
     msg = str(e.value)
     assert "'facebook/musicgen-small'" in msg
-    assert "huggingface-cli download facebook/musicgen-small" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "hf download facebook/musicgen-small" in msg and "HF_HUB_OFFLINE=1" in msg
     assert "model.safetensors" in msg and "config.json" in msg
     assert "load_musicgen('testbed', backend='transformers')" in msg
     assert "build_musicgen('small', backend='transformers')" in msg

@@ -105,17 +105,23 @@ def reading(probe_summary: pd.DataFrame, steer_summary: pd.DataFrame, genre_hook
         success=("success", "mean"), base=("base_rate", "mean"), random=("random_mean", "mean"),
         random_max=("random_max", "max"), ll_drop=("ll_drop", "mean"), prompted_drop=("ll_drop_prompted", "mean"))
     top = by.sort_values("success", ascending=False).iloc[0]
+    prompted = (f"prompting the genre instead costs {top['prompted_drop']:.2f}" if top["prompted_drop"] >= 0 else
+                f"prompting the genre instead raises it by {-top['prompted_drop']:.2f}")
     lines.append(
         f"Steering at {genre_hook} works best with the {top['method']} direction at strength "
         f"{top['strength']:g}: {top['success']:.2f} of clips reach the target genre, against a base "
         f"rate of {top['base']:.2f} for the same unsteered clips and {top['random']:.2f} for random "
-        f"directions of the same norm (highest draw {top['random_max']:.2f}); it costs "
-        f"{top['ll_drop']:.2f} nats per frame of grammar log-likelihood, prompting the genre costs "
-        f"{top['prompted_drop']:.2f}.")
-    worst = by.sort_values("success").iloc[0]
-    if worst["method"] != top["method"]:
-        lines.append(f"The weakest recipe is {worst['method']} at strength {worst['strength']:g} "
-                     f"({worst['success']:.2f}), so recipes are not interchangeable.")
+        f"directions of the same norm (mean of the draws; the highest single draw reached "
+        f"{top['random_max']:.2f}); it lowers the grammar log-likelihood by {top['ll_drop']:.2f} nats "
+        f"per frame, {prompted}.")
+    spans = []
+    for strength, part in by.groupby("strength"):
+        if len(part) > 1:
+            lo, hi = part.sort_values("success").iloc[[0, -1]].itertuples()
+            spans.append(f"at strength {strength:g} from {lo.success:.2f} ({lo.method}) to "
+                         f"{hi.success:.2f} ({hi.method})")
+    if spans:
+        lines.append("The recipes compared at equal strength: " + "; ".join(spans) + ".")
     return lines
 
 

@@ -5,11 +5,13 @@
 - :class:`ArtifactError` — a file mstools wrote (steering vector, directions, store shard) is missing,
   truncated, corrupt, foreign or of another format version.
 - :class:`StoreError` / :class:`StoreIntegrityError` — an activation store cannot be used as asked.
+- :class:`DamagedFileError` — a file on disk is truncated, overwritten or corrupt
+  (:class:`DamagedArtifactError`, :class:`DamagedStoreError`; :class:`StoreIntegrityError` is one).
 - :class:`UnknownHookError` — a hook name the model does not have (lives in
   :mod:`mstools.core.names`, which suggests close names).
 
-Environment failures (no weights, a read-only folder, a full disk) and bad input (a typo, a wrong
-shape) are told apart by :func:`is_bad_input`, which the command line uses for its exit codes.
+Environment failures (no weights, a read-only folder, a full disk, a damaged file) and bad input (a
+typo, a wrong shape, a file made for another model) are told apart by :func:`is_bad_input`, which the command line uses for its exit codes.
 
 >>> issubclass(StoreIntegrityError, MstoolsError)
 True
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-__all__ = ["MstoolsError", "MissingWeightsError", "ArtifactError", "StoreError",
-           "StoreIntegrityError", "BadInputError", "is_bad_input"]
+__all__ = ["MstoolsError", "MissingWeightsError", "ArtifactError", "StoreError", "DamagedFileError",
+           "DamagedArtifactError", "DamagedStoreError", "StoreIntegrityError", "BadInputError", "is_bad_input"]
 
 
 class MstoolsError(Exception):
@@ -42,7 +44,20 @@ class StoreError(MstoolsError, RuntimeError):
     """A store cannot be opened, created or written as asked; the message says what to do."""
 
 
-class StoreIntegrityError(StoreError):
+class DamagedFileError(MstoolsError):
+    """A file on disk is truncated, overwritten or corrupt (exit code 1: the environment, not the
+    command). Raised as :class:`DamagedArtifactError` or :class:`DamagedStoreError`."""
+
+
+class DamagedArtifactError(DamagedFileError, ArtifactError):
+    """A vector, directions or probe file mstools wrote is truncated or corrupt."""
+
+
+class DamagedStoreError(DamagedFileError, StoreError):
+    """A store's manifest, side file or shard is missing, truncated or corrupt."""
+
+
+class StoreIntegrityError(DamagedStoreError):
     """One or more shards are missing, truncated or corrupt.
 
     Attributes:
@@ -60,7 +75,9 @@ def is_bad_input(err: BaseException) -> bool:
 
     >>> is_bad_input(BadInputError("x")), is_bad_input(MissingWeightsError("y"))
     (True, False)
+    >>> is_bad_input(ArtifactError("a file made for another model")), is_bad_input(DamagedArtifactError("truncated"))
+    (True, False)
     """
-    if isinstance(err, (MissingWeightsError, OSError, StoreIntegrityError)):
+    if isinstance(err, (MissingWeightsError, OSError, DamagedFileError)):
         return False
     return isinstance(err, (ValueError, TypeError, KeyError, LookupError, StoreError))

@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mstools.core.errors import ArtifactError
+from mstools.core.errors import ArtifactError, DamagedArtifactError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "save_safetensors", "sha256_file", "tensor_digest", "header", "check_header",
@@ -166,14 +166,14 @@ def load_artifact(path: str | os.PathLike, kind: str, version: int,
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise ArtifactError(f"{path} is not a readable safetensors file (truncated or corrupt: "
+        raise DamagedArtifactError(f"{path} is not a readable safetensors file (truncated or corrupt: "
                             f"{str(e).splitlines()[0][:200]}). {hint}") from None
     try:
         head = json.loads(metadata.get(META_KEY, "null"))
     except json.JSONDecodeError:
-        raise ArtifactError(f"{path} has a damaged mstools header. {hint}") from None
+        raise DamagedArtifactError(f"{path} has a damaged mstools header. {hint}") from None
     check_header(head, kind, version, path, hint)
     if tensor_digest(tensors) != head.get("sha256"):
-        raise ArtifactError(f"{path} is corrupt: its tensors do not match the checksum stored in "
+        raise DamagedArtifactError(f"{path} is corrupt: its tensors do not match the checksum stored in "
                             f"the file. {hint}")
     return tensors, head

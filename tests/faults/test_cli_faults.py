@@ -217,3 +217,12 @@ def test_unreadable_and_nan_audio(tmp_path):
     sf.write(folder / "zz_nan.wav", nan, sr, subtype="FLOAT")  # 32-bit float WAV keeps NaN
     proc = cli(*args, str(tmp_path / "s3"), "--batch-size", "1")
     assert_one_line_error(proc, 2, "zz_nan.wav", "NaN")
+
+
+def test_damaged_manifest_is_an_environment_error(tmp_path):
+    """A damaged file is not a mistake in the command: exit 1, one line, and how to rebuild."""
+    out = tmp_path / "store"
+    args = [*BASE, "--source", "testbed:8:2", "--batch-size", "4", "--out", str(out)]
+    assert cli(*args).returncode == 0
+    (out / "manifest.json").write_bytes(b'{"kind": "mstools-activation-st')
+    assert_one_line_error(cli(*args), 1, "ActivationStore.merge")

@@ -16,7 +16,7 @@ import torch
 import xxhash
 from safetensors import safe_open
 
-from mstools.core.errors import StoreError, StoreIntegrityError
+from mstools.core.errors import DamagedStoreError, StoreError, StoreIntegrityError
 from mstools.core.fileio import META_KEY, check_header
 
 try:  # advisory per-rank lock; POSIX only
@@ -55,13 +55,13 @@ def read_json(path: Path, what: str, hint: str, versions: Sequence[int] = (FORMA
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise StoreError(f"{what} {path} does not exist; {hint}") from None
+        raise DamagedStoreError(f"{what} {path} does not exist; {hint}") from None
     except UnicodeDecodeError:
-        raise StoreError(f"{what} {path} is not text (damaged or overwritten). {hint}") from None
+        raise DamagedStoreError(f"{what} {path} is not text (damaged or overwritten). {hint}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise StoreError(f"{what} {path} is not valid JSON ({err}); it is truncated or damaged. "
+        raise DamagedStoreError(f"{what} {path} is not valid JSON ({err}); it is truncated or damaged. "
                          f"{hint}") from None
     if isinstance(data, dict) and data.get("version") in versions:
         versions_ok = data["version"]

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from mstools.core.errors import StoreError, StoreIntegrityError
+from mstools.core.errors import DamagedStoreError, StoreError, StoreIntegrityError
 from mstools.core.fileio import atomic_write_json, header
 from mstools.data.pooling import Pooling
 from mstools.data.store.format import (ALIGNMENT, DTYPES, FORMAT_VERSION, KIND, MANIFEST,
@@ -247,10 +247,10 @@ class ActivationStore:
         try:
             data = (self._path / entry["file"]).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"{self._path / entry['file']} is missing; rebuild it with "
+            raise DamagedStoreError(f"{self._path / entry['file']} is missing; rebuild it with "
                              f"ActivationStore.merge({str(self._path)!r})") from None
         if checksum(data) != entry["xxh3"]:
-            raise StoreError(f"{self._path / entry['file']} does not match the manifest (a merge was "
+            raise DamagedStoreError(f"{self._path / entry['file']} does not match the manifest (a merge was "
                              f"interrupted, or the file was changed); rebuild it with "
                              f"ActivationStore.merge({str(self._path)!r})")
         return data

@@ -379,9 +379,9 @@ def _how_to_provide(name: str) -> str:
     hub_id = name if is_hub_id else "facebook/musicgen-small"
     return (
         "To use a released checkpoint with the transformers backend, either:\n"
-        f"  - run `huggingface-cli download {hub_id}` (or `hf download {hub_id}` with a recent "
-        "huggingface_hub) once where the Hugging Face Hub is reachable, then set HF_HUB_OFFLINE=1 "
-        "so it is read from the cache; or\n"
+        f"  - run `hf download {hub_id}` once where the Hugging Face Hub is reachable (the folder "
+        "holds the T5 text encoder and EnCodec too), then set HF_HUB_OFFLINE=1 so it is read from "
+        "the cache; or\n"
         "  - pass a local folder with config.json, model.safetensors (or its shards with "
         "model.safetensors.index.json) and the tokenizer files (tokenizer.json, "
         "tokenizer_config.json), as written by model.save_pretrained(folder) and "
