@@ -35,12 +35,14 @@ lab: setup
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
-# the README's measured figures: full demo, testbed evaluation and findings, then the README blocks
+# the README's measured figures: full demo, testbed evaluation, findings, patching and sparse
+# features, then the README blocks
 figures: setup
 	$(BIN)/python -m mstools demo --out outputs
 	mkdir -p experiments/results && cp outputs/results.json experiments/results/demo.json
 	$(BIN)/python experiments/evaluate_testbed.py
 	$(BIN)/python experiments/findings.py --out experiments/results
+	$(BIN)/python experiments/patching_sae.py --out experiments/results
 	$(BIN)/python -m mstools export --model testbed --format transformers --out outputs/testbed-hf
 	cp outputs/testbed-hf/mstools_export.json experiments/results/export.json
 	$(BIN)/python experiments/readme_figures.py

@@ -14,6 +14,8 @@ block          results file (written by)
 ``demo``       ``experiments/results/demo.json`` (``make demo`` writes ``outputs/results.json``;
                ``make figures`` copies it)
 ``findings``   ``experiments/results/findings.csv`` (``python experiments/findings.py``)
+``patching``   ``experiments/results/patching_sae.json`` (``python experiments/patching_sae.py``)
+``features``   ``experiments/results/patching_sae.json`` (the same run)
 ``export``     ``experiments/results/export.json`` (``python -m mstools export``'s check)
 ``bench``      ``benchmarks/results/*.json`` (``make bench``)
 =============  ==========================================================================
@@ -204,6 +206,145 @@ def render_findings() -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------- patching, features
+def _patching_sae() -> dict | None:
+    path = RESULTS / "patching_sae.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _layers(ls: list) -> str:
+    return "none" if not ls else ", ".join(str(x) for x in ls)
+
+
+def render_patching() -> str:
+    r = _patching_sae()
+    if r is None:
+        return "(no results yet: run `python experiments/patching_sae.py`)"
+    p, g = r["patching"], r["patching"]["generative"]
+    fd, rows = p["finding"], p["layers"]
+    w = p["window"]
+    lines = [f"Measured by `python experiments/patching_sae.py` ({r['seconds'] / 60:.1f} min, "
+             f"{'quick' if r['quick'] else 'full'} mode; notebook 08's calls). {p['clips']} {p['clean']} clips "
+             f"read with the prompt \"{p['clean']}\" (clean) and \"{p['corrupted']}\" (corrupted): "
+             f"{p['logprob_clean']:.3f} vs {p['logprob_corrupted']:.3f} nats per token; a teacher-forced cell "
+             f"is the share of that gap the patch restores (0 = corrupted run, 1 = clean run). Generative: "
+             f"the first {g['first']:g} s of one layer's residual stream copied while generating from "
+             f"\"{p['corrupted']}\", the genre read by the grammar afterwards ({g['clips']} clips; "
+             f"{_f(g['hit_clean'])} of the clean run's clips and {_f(g['hit_corrupted'])} of the corrupted "
+             f"run's play {p['clean']}; 0 and 1 as above). Probe: logistic on mean-pooled activations of "
+             f"{p['probe_clips']} clips, held-out accuracy (split by clip); steering: difference of class means toward {p['clean']}, 0.5 x mean "
+             f"norm, both branches, {p['steer_prompts']} unconditional prompts (unsteered twins "
+             f"{_f(p['steering_base_rate'])}).", "",
+             f"| layer | `resid_post`, whole clip | first {w:g} s only | any later {w:g} s window (highest) "
+             f"| `cross_attn_out`, whole clip | generative, first {g['first']:g} s | probe accuracy | steering success |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['layer']} | **{_f(x['resid_post'])}** | {_f(x['first_window'])} | {_f(x['later_max'], 3)} | "
+                     f"{_f(x['cross_attn_out'])} | {_f(x['generative'])} | {_f(x['probe_accuracy'])} | "
+                     f"{_f(x['steering_success'])} |")
+    first = fd["earliest_layer"]
+    later = max((x["later_max"] for x in rows if x["later_max"] is not None), default=float("nan"))
+    pairs = "; ".join(f"{q['clean']} vs {q['corrupted']}: layer {q['earliest_layer']}"
+                      if q["earliest_layer"] is not None else f"{q['clean']} vs {q['corrupted']}: none"
+                      for q in p["pairs"])
+    reading = []
+    if first is None:
+        reading.append(f"No single layer's residual stream restores {p['level']:g} of the gap.")
+    else:
+        reading.append(
+            f"The prompt's genre reaches the output through the residual stream from layer {first} on: "
+            f"the earliest layer whose whole-clip patch restores at least {p['level']:g} of the gap "
+            f"({_f(rows[first]['resid_post'])}; the layer before it {_f(rows[first - 1]['resid_post']) if first else 'n/a'}). "
+            + (f"In time it is the first {w:g} s: that window alone restores" if fd["first_window_share"] >= 0.5
+               else f"In time it is spread out: the first {w:g} s alone restores")
+            + f" {fd['first_window_share']:.0%} of what the whole clip does there, and no "
+            f"later window of any layer more than {_f(later, 3)}"
+            + (" (once the codes play a genre, the prompt adds little)." if later < 0.05 else "."))
+    reading.append(f"Earliest such layer per genre pair: {pairs}. The cross-attention outputs (where the text "
+                   f"enters) matter most at layer {fd['best_cross_attn_layer']}, and one at a time add up to "
+                   f"{_f(fd['cross_attn_sum'])}.")
+    gens = [x["generative"] for x in rows]
+    reading.append(
+        f"Generating on, copying the first {g['first']:g} s of one layer's residual stream gives {_f(min(gens))} "
+        f"to {_f(max(gens))}"
+        + (f" (at least {p['level']:g} from layer {fd['earliest_layer_generative']} on): while generating, the "
+           f"clean run plays other codes than the corrupted one, so every layer's residual stream carries the "
+           f"clean music, and the continuation follows the music it was given more than the prompt it keeps "
+           f"reading."
+           if fd["earliest_layer_generative"] is not None else
+           ": the continuation follows the prompt it keeps reading."))
+    reading.append(f"A probe reads genre best at layer {fd['best_probe_layer']} (notebook 03's rule; accuracy "
+                   f"{_f(rows[fd['best_probe_layer']]['probe_accuracy'])}), steering succeeds most at layer "
+                   f"{fd['best_steering_layer']} ({_f(rows[fd['best_steering_layer']]['steering_success'])}).")
+    lines += ["", *[f"> {s}" for s in reading]]
+    return "\n".join(lines)
+
+
+def _needed(v: float | None, max_k: int) -> str:
+    return f"> {max_k}" if v is None else f"{v:g}"
+
+
+def render_features() -> str:
+    r = _patching_sae()
+    if r is None:
+        return "(no results yet: run `python experiments/patching_sae.py`)"
+    f = r["features"]
+    m = f["models"]
+    lines = [f"Measured by `python experiments/patching_sae.py` (notebook 09's calls): TopK SAE "
+             f"({f['width']} latents, k = {f['k']}, {f['epochs']} epochs, eai-sparsify) on per-frame `{f['hook']}` "
+             f"of {f['clips']} procedural clips of 6 s, trained on {f['train_rows']:,} frames and measured on "
+             f"the {f['heldout_clips']} held-out clips; the same for the untrained model of the same shape. "
+             f"Splice: {f['splice_prompts']} genre prompts generated with the layer replaced by the SAE's "
+             f"reconstruction, grammar log-likelihood per frame.", "",
+             "| model | FVU (held-out frames) | L0 | dead latents | loglik: unchanged -> spliced (cost) | mean ablation cost |",
+             "|---|---|---|---|---|---|"]
+    for name in ("trained", "untrained"):
+        q = m[name]
+        lines.append(f"| {name} | {q['fvu']:.3f} | {q['l0']:g} | {q['dead']} of {f['width']} | "
+                     f"{q['loglik_unchanged']:.2f} -> {q['loglik_spliced']:.2f} ({q['splice_cost']:.2f}) | "
+                     f"{q['mean_ablation_cost']:.2f} |")
+    lines += ["", f"Best single latent per factor value (clip-level AUROC, the latent's mean over each clip's "
+              f"frames; per frame in brackets) and the latents a sparse logistic probe needs for "
+              f"{f['level']:g} balanced accuracy (at most {f['max_k']}):", "",
+              "| factor = value | best latent, trained | untrained | latents needed, trained | untrained |",
+              "|---|---|---|---|---|"]
+    for x in f["factors"]:
+        lines.append(f"| {x['factor']} = {x['value']} | **{x['trained_auroc']:.3f}** ({x['trained_frame_auroc']:.3f}) | "
+                     f"{x['untrained_auroc']:.3f} ({x['untrained_frame_auroc']:.3f}) | "
+                     f"{_needed(x['trained_needed'], f['max_k'])} | {_needed(x['untrained_needed'], f['max_k'])} |")
+    lines += ["", f"Steering toward a genre at `{f['hook']}` (0.5 x mean norm, both branches, {f['steer_prompts']} "
+              f"unconditional prompts; {f['draws']} random directions of equal norm):", "",
+              "| target | direction | success | unsteered twins | random: mean (highest) | loglik drop | cosine to the probe |",
+              "|---|---|---|---|---|---|---|"]
+    for s in f["steering"]:
+        name = f"SAE latent {s['feature']}" if s["direction"] == "SAE latent" else s["direction"]
+        lines.append(f"| {s['target']} | {name} | **{_f(s['success'])}** | {_f(s['base_rate'])} | "
+                     f"{_f(s['random_mean'])} ({_f(s['random_max'])}) | {_f(s['ll_drop'])} | {_f(s['cosine'])} |")
+    genre = [x for x in f["factors"] if x["factor"] == "genre"]
+    tr, un = [x["trained_auroc"] for x in genre], [x["untrained_auroc"] for x in genre]
+    reached = {n: sum(x[f"{n}_needed"] is not None for x in genre) for n in ("trained", "untrained")}
+    st = pd.DataFrame(f["steering"])
+    mean = st.groupby("direction")["success"].mean()
+    beats = (st["success"] > st["random_max"]).groupby(st["direction"]).sum()
+    fvu = (m["trained"]["fvu"], m["untrained"]["fvu"])
+    reading = [
+        f"Without labels, the SAE on the trained model has a latent for every genre: the best one per genre "
+        f"reaches a clip-level AUROC of {min(tr):.3f} to {max(tr):.3f}, against {min(un):.3f} to {max(un):.3f} "
+        f"in the untrained model (the best of {f['width']} latents on the same clips); a sparse probe reaches "
+        f"{f['level']:g} on {reached['trained']} of {len(genre)} genres (trained) and {reached['untrained']} "
+        f"(untrained).",
+        f"It leaves {fvu[0]:.1%} of the variance unexplained ({fvu[1]:.1%} in the untrained model) and, spliced "
+        f"in, costs {m['trained']['splice_cost']:.2f} nats per frame of grammar log-likelihood (removing the "
+        f"layer's output: {m['trained']['mean_ablation_cost']:.2f}).",
+        f"Steering with the best genre latent's decoder direction succeeds {_f(mean.get('SAE latent'))} on "
+        f"average over {len(st) // 2} target(s), the logistic probe's direction {_f(mean.get('logistic probe'))}; "
+        f"above every random draw for {int(beats.get('SAE latent', 0))} and {int(beats.get('logistic probe', 0))} "
+        f"of them.",
+    ]
+    lines += ["", *[f"> {s}" for s in reading]]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ export
 def render_export() -> str:
     path = RESULTS / "export.json"
@@ -316,7 +457,8 @@ def render_bench() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {"testbed": render_testbed, "demo": render_demo,
-                                        "findings": render_findings, "export": render_export,
+                                        "findings": render_findings, "patching": render_patching,
+                                        "features": render_features, "export": render_export,
                                         "bench": render_bench}
 
 

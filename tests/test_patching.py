@@ -1,10 +1,11 @@
 """Activation patching: references are plain forward passes of the library, never the patch hooks."""
+import pandas as pd
 import pytest
 import torch
 
 from conftest import plain_logits, tiny_model
 
-from mstools.analysis.patching import (Patch, clean_logprob, head_patches,
+from mstools.analysis.patching import (Patch, clean_logprob, generative_sweep, head_patches,
                                        layer_time_patches, patch_sweep, run_patched)
 from mstools.core.names import UnknownHookError
 from mstools.ui.plots import patching_heatmap
@@ -134,3 +135,60 @@ def test_heatmap_shapes(model, pair):
     df = patch_sweep(model, clean, corrupted, patches=layer_time_patches(model, window=0.2, duration=0.6))
     fig = patching_heatmap(df, x="t0", y="layer")
     assert fig.data[0].z.shape == (model.num_layers, 3)
+
+
+def _low_half_scorer(model, seen=None):
+    """Codes [B, K, T] -> a "half" label per clip: whether most first-codebook tokens are below
+    card / 2 (a deterministic reading of the codes; ``seen`` collects what it read)."""
+    def score(codes):
+        if seen is not None:
+            seen.append(codes.clone())
+        low = (codes[:, 0] < model.card // 2).float().mean(1) > 0.5
+        return pd.DataFrame({"half": ["low" if x else "high" for x in low.tolist()]})
+    return score
+
+
+def test_generative_sweep_equals_a_patch_by_hand(model):
+    """One patch: the sweep's hit rates equal one generate with a hand-written copy hook (rows of
+    the clean block copied into the patched block inside the span, in the conditional and the
+    unconditional half) scored from the end of the span."""
+    b, hook, t0, t1, dur = 3, "blocks.0.hook_resid_post", 0.0, 0.4, 1.2
+    clean, corrupt = ["jazz"] * b, ["rock"] * b
+    scorer = _low_half_scorer(model)
+    df = generative_sweep(model, clean, corrupt, patches=[Patch(hook, t0, t1)], duration=dur, factor="half",
+                          target="low", seed=2, scorer=scorer)
+
+    def by_hand(x, hook):
+        inside = ((hook.clock.seconds >= t0) & (hook.clock.seconds < t1)).nonzero().squeeze(1)
+        out = x.clone()
+        for half in range(x.shape[0] // (3 * b)):           # conditional rows, then unconditional
+            o = half * 3 * b
+            out[o + 2 * b:o + 3 * b, inside] = x[o:o + b, inside]
+        return out
+    codes = model.generate(clean + corrupt + corrupt, dur, seed=2, fwd_hooks=[(hook, by_hand)],
+                           decode=False).codes
+    f0 = round(t1 * model.frame_rate)
+    labels = scorer(codes[..., f0:])["half"].to_numpy().reshape(3, b)
+    hit = (labels == "low").mean(axis=1)
+    row = df.iloc[0]
+    assert (row["hit_clean"], row["hit_corrupted"], row["hit"]) == tuple(float(h) for h in hit)
+    expect = (hit[2] - hit[1]) / (hit[0] - hit[1]) if hit[0] != hit[1] else float("nan")
+    assert hit[0] != hit[1] and row["metric"] == pytest.approx(expect)
+    assert (row["layer"], row["t0"], row["t1"], row["n"]) == (0, t0, t1, b)
+
+
+@pytest.mark.filterwarnings("ignore:the clean and corrupted runs score the same")  # codes, not labels, are compared
+def test_generative_sweep_greedy_patch_everything_gives_clean_clips(model):
+    """Greedy decoding: the last layer's output (all the output heads read) copied at every step
+    gives the clean clips token for token; a span after the end gives the corrupted clips."""
+    b, seen = 2, []
+    scorer = _low_half_scorer(model, seen)
+    generative_sweep(model, ["jazz"] * b, ["rock"] * b, duration=0.8, factor="half", target="low",
+                     patches=[Patch(f"blocks.{model.num_layers - 1}.hook_resid_post"),
+                              Patch("blocks.0.hook_resid_post", 100.0, None)],
+                     read_from=0.0, scorer=scorer, use_sampling=False)
+    codes = seen[0].reshape(4, b, *seen[0].shape[1:])
+    direct = model.generate(["jazz"] * b + ["rock"] * b, 0.8, decode=False, use_sampling=False).codes
+    assert torch.equal(codes[0], direct[:b]) and torch.equal(codes[1], direct[b:])
+    assert not torch.equal(codes[0], codes[1])
+    assert torch.equal(codes[2], codes[0]) and torch.equal(codes[3], codes[1])

@@ -24,7 +24,8 @@ def test_render_replaces_only_the_marked_blocks():
     text = "intro 0.99\n<!-- figures:bench -->\nold\n<!-- /figures:bench -->\noutro"
     out = readme_figures.render_readme(text)
     assert out.startswith("intro 0.99\n<!-- figures:bench -->\n") and out.endswith("\n<!-- /figures:bench -->\noutro")
-    assert "old" not in out and readme_figures.stale_blocks(out) == ["testbed", "demo", "findings", "export"]
+    assert "old" not in out and readme_figures.stale_blocks(out) == ["testbed", "demo", "findings", "patching",
+                                                                  "features", "export"]
 
 
 def test_bench_block_quotes_the_results_files(tmp_path, monkeypatch):
