@@ -283,6 +283,7 @@ def test_damaged_vector_and_directions_files(tiny, tmp_path, damage):
     (dict(duration=1e6), "exceeds this model's max_duration"), (dict(prompts=[3]), "prompts must be strings"),
     (dict(prompts=[]), "at least one prompt"), (dict(two_step_cfg=True), "two_step_cfg is not supported"),
     (dict(bogus=1), "unknown generation parameter"), (dict(noise_ids=[1, 2]), "one per clip"),
+    (dict(top_k=10**6), "exceeds this model's codebook size"),
 ])
 def test_bad_generation_arguments(tiny, kw, needle):
     prompts = kw.pop("prompts", ["a"])
@@ -343,3 +344,18 @@ def test_corrupt_testbed_weights_are_refused(tmp_path):
     _flip(weights, len(weights.read_bytes()) // 2)
     with pytest.raises(ValueError, match="corrupt or half-written"):
         load_testbed_musicgen(copy)
+
+
+def test_a_sweep_without_settings_names_the_settings(tiny):
+    with pytest.raises(ValueError, match="at least one setting"):
+        sweep(tiny, ["a"], [], 0.2)
+
+
+def test_non_latin_prompts_are_not_dropped():
+    """The testbed reads words it does not know as unknown words, not as nothing: a Chinese prompt
+    with an emoji conditions the model differently from the empty prompt, and "café" is one word."""
+    model = mstools.load_musicgen("testbed")
+    codes = torch.randint(0, model.card, (1, model.num_codebooks, 20))
+    chinese, empty = model(codes, ["流行音乐 🎸"]), model(codes, [""])
+    assert not torch.allclose(chinese, empty, atol=1e-3)
+    assert not torch.allclose(model(codes, ["café rock"]), model(codes, ["rock"]), atol=1e-3)
