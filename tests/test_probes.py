@@ -107,15 +107,16 @@ def test_ridge_blocked_cholesky_path_matches_sklearn():
 
 # ---------------------------------------------------------------------------- logistic
 @pytest.mark.parametrize("K", [2, 3])
-@pytest.mark.parametrize("precondition", ["diag", "gram", "none"])
-def test_logistic_matches_sklearn(K, precondition):
+@pytest.mark.parametrize("precondition, layer_chunk", [("diag", None), ("gram", None), ("none", None), ("diag", 1)])
+def test_logistic_matches_sklearn(K, precondition, layer_chunk):
     N, D = 240, 10
     g = torch.Generator().manual_seed(K)
     X = _anisotropic(2, N, D, seed=K) * 0.5
     y = torch.randint(0, K, (N,), generator=g)
     X[:, :, :K] += 1.5 * torch.nn.functional.one_hot(y, K).double()
-    fit = fit_logistic(X, y, C=0.3, tol=1e-9, max_iter=1000, dtype=torch.float64, precondition=precondition)
-    assert bool(fit.info["converged"].all())
+    fit = fit_logistic(X, y, C=0.3, tol=1e-9, max_iter=1000, dtype=torch.float64, precondition=precondition,
+                       layer_chunk=layer_chunk)  # 1: each layer on its own; None: both in one block here
+    assert bool(fit.info["converged"].all()) and fit.info["n_iter"].shape == (2,)
     for l in range(2):
         ref = LogisticRegression(C=0.3, tol=1e-10, max_iter=10_000).fit(X[l].numpy(), y.numpy())
         P = torch.softmax(fit.scores(X)[l], -1).numpy()
