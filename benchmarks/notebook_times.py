@@ -2,6 +2,7 @@
 
     python benchmarks/notebook_times.py [--quick] [--full] [--cold] [--only 05 09] [--top 5] [--json PATH]
                                         [--keep DIR]
+    python benchmarks/notebook_times.py --table [RESULTS.json]    # the markdown table of a run
 
 Each notebook in ``notebooks/`` is executed with papermill on the ``mstools`` kernel, in order
 (00 ... 09), one at a time, with the current working directory in a temporary folder. By default
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 KERNEL = "mstools"
 TARGET_S = 60.0
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "notebook_times.json"
 
 
 def kernel_env(quick: bool) -> dict[str, str]:
@@ -83,6 +85,18 @@ def run_one(path: Path, cwd: Path, env: dict[str, str], top: int, full: bool = F
             "error": None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1:]}
 
 
+def markdown_table(payload: dict) -> str:
+    """The results as a markdown table: notebook, wall seconds, slowest cell, load before -> after."""
+    lines = ["| notebook | seconds | slowest cell (seconds) | load (1 min) |", "|---|---:|---|---|"]
+    for r in payload["notebooks"]:
+        c = r["slowest_cells"][0] if r["slowest_cells"] else {"cell": "-", "seconds": 0.0, "first_line": ""}
+        first = c["first_line"].replace("|", "\\|")
+        lines.append(f"| `{r['notebook']}` | {r['wall_s']:.0f}{'' if r['ok'] else ' (failed)'} | "
+                     f"[{c['cell']}] `{first[:60]}` ({c['seconds']:.1f}) | "
+                     f"{r['load_1min_before']:.1f} -> {r['load_1min_after']:.1f} |")
+    return "\n".join(lines)
+
+
 def imported_from(env: dict[str, str], cwd: Path) -> str:
     """Where the kernel imports mstools from (must be this checkout)."""
     code = ("import json, jupyter_client; km, kc = jupyter_client.manager.start_new_kernel(kernel_name=%r); "
@@ -102,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 05 09")
     p.add_argument("--top", type=int, default=5, help="slowest cells kept per notebook")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    p.add_argument("--table", type=Path, nargs="?", const=RESULTS_JSON, default=None,
+                   help="print the markdown table of a results file (default: the last default-mode run) and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return 0
     if args.quick and args.full:
         p.error("--quick and --full exclude each other (quick mode wins over FULL)")
     pin_threads(1)
@@ -144,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only:
         name = "notebook_times" + {"quick": "_quick", "full": "_full", "default": ""}[mode] + ("_cold" if args.cold else "")
         print(f"written to {write(name, payload)}")
+    print(markdown_table(payload))
     return 0 if all(r["ok"] for r in rows) else 1
 
 
