@@ -8,8 +8,8 @@
 
 Three sizes of work. By default a notebook runs its lesson in about a minute on a 2-core CPU;
 ``setup(..., FULL=True)`` (the ``FULL`` parameter of every notebook) asks for the bigger run (more
-clips, seeds and draws: minutes, not seconds); under test (``MSTOOLS_TEST=1``, set by ``make test``)
-``nb.quick`` is True and the smallest sizes run, whatever ``FULL`` says. ``nb.size(default, quick,
+clips, seeds and draws: from about a minute to several minutes); under test (``MSTOOLS_TEST=1``,
+set by ``make test``) ``nb.quick`` is True and the smallest sizes run, whatever ``FULL`` says. ``nb.size(default, quick,
 full=...)`` picks the number for the mode (:meth:`Notebook.size`).
 
 In a notebook, ``setup`` also makes figures survive sharing (:func:`shareable_plots`): plotly.js is
@@ -140,7 +140,7 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", FULL: bool = Fals
             thread policy (:mod:`mstools.core.threads`: 1 for a small model such as the testbed,
             torch's setting for a real checkpoint).
         FULL: the bigger run: ``nb.size(default, quick, full=...)`` returns ``full`` (more clips,
-            seeds, draws; minutes instead of about a minute). Ignored under test (``nb.quick``).
+            seeds, draws; up to several minutes instead of about a minute). Ignored under test (``nb.quick``).
 
     A real checkpoint whose weights are missing falls back to the testbed on the same backend, and
     says so in one printed note (``nb.path``; outside a notebook also as a warning). Without network
