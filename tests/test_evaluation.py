@@ -263,3 +263,39 @@ def test_best_trial_rule():
     assert r["trial"] == "b" and "beat every random draw" in r["rule"]   # d does not beat random; b before c
     r = evaluation.best_trial(s.assign(beats_random=False))
     assert r["trial"] == "d" and "no setting beat" in r["rule"]
+
+
+def test_memo_reuses_clips_and_keeps_the_table(model, run, monkeypatch):
+    """A memo shared between calls: the same table as without it; a later call that needs only
+    clips generated before (twins, shared random draws, a repeated trial, prompted) generates none."""
+    from mstools.evaluation import run as run_module
+    trials, prompts, table = run
+    memo: dict = {}
+    kw = dict(seeds=[0, 1], duration=4.0, random_draws=3, segments=[(0.0, 1.6), (2.0, 4.0)])
+    again = evaluation.steering(model, trials, prompts, memo=memo, **kw)
+    pd.testing.assert_frame_equal(again, table)
+    assert memo
+    generated = []
+    monkeypatch.setattr(run_module, "sweep", lambda *a, **k: generated.append("sweep"))
+    monkeypatch.setattr(model, "generate", lambda *a, **k: generated.append("generate"))
+    part = evaluation.steering(model, trials[1:2], prompts, memo=memo, **kw)
+    assert generated == []
+    mine = table[table["trial"].isin(["unsteered", "to rock"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part.reset_index(drop=True), mine, check_dtype=False)
+
+
+def test_prompted_clips_shared_by_trials_are_generated_once(model, monkeypatch):
+    """Two trials with the same target ask for the same prompted clips: one generate of the distinct
+    (text, clip) pairs, and both trials get the codes a separate call gives."""
+    trials = [evaluation.Trial(f"jazz {i}", Steering(_vec(model, 10 + i), 0.5, branch="both"), {"genre": "jazz"})
+              for i in range(3)]
+    sizes = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda prompts, *a, **k: sizes.append(len(prompts)) or real(prompts, *a, **k))
+    table = evaluation.steering(model, trials, [None] * 3, seeds=[0], duration=2.0, controls=("unsteered", "prompted"))
+    monkeypatch.undo()
+    assert 3 in sizes and 9 not in sizes
+    want = score(model.generate(["jazz"] * 3, 2.0, seed=0, decode=False, noise_ids=[0, 1, 2]).codes)
+    for t in trials:
+        got = table[(table.trial == t.name) & (table.control == "prompted")].sort_values("clip")
+        assert got["loglik"].to_numpy() == pytest.approx(want["loglik"].to_numpy())

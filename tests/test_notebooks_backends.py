@@ -82,10 +82,23 @@ def test_notebook_runs_on_transformers(path, tmp_path, monkeypatch):
 
 
 def test_notebooks_pass_backend_to_setup():
-    """The committed notebooks default to audiocraft and forward BACKEND (the run above checks it
-    arrives)."""
+    """The committed notebooks default to audiocraft and forward BACKEND and FULL (the run above checks
+    that BACKEND arrives)."""
     for path in NOTEBOOKS:
         code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
         assert 'BACKEND = "audiocraft"' in code[0], path.name
-        assert "setup(MODEL, BACKEND)" in code[1], path.name
+        assert "setup(MODEL, BACKEND, FULL=FULL)" in code[1], path.name
 
+
+
+def test_full_is_passed_to_the_notebook_and_quick_wins(tmp_path, monkeypatch):
+    """``setup(..., FULL=True)`` asks for the bigger sizes; under test the quick sizes win."""
+    nb = setup("testbed", FULL=True, outputs=str(tmp_path), quiet=True)
+    assert nb.full and nb.quick and nb.mode == "quick" and nb.size(8, 2, full=32) == 2
+    monkeypatch.setenv("MSTOOLS_TEST", "0")
+    nb = setup("testbed", FULL=True, outputs=str(tmp_path), quiet=True)
+    assert nb.mode == "full" and nb.size(8, 2, full=32) == 32 and nb.size(8, 2) == 8
+    nb = setup("testbed", outputs=str(tmp_path), quiet=True)
+    assert nb.mode == "default" and nb.size(8, 2, full=32) == 8
+    with pytest.raises(ValueError, match="FULL must be True or False"):
+        setup("testbed", FULL="yes", outputs=str(tmp_path), quiet=True)

@@ -46,7 +46,10 @@ def test_first_code_cell_is_the_parameters_cell(path):
     tree = ast.parse(first.source)
     assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
                 if isinstance(t, ast.Name)}
-    assert {"MODEL", "BACKEND"} <= assigned, "the parameters cell must define MODEL and BACKEND"
+    assert {"MODEL", "BACKEND", "FULL"} <= assigned, "the parameters cell must define MODEL, BACKEND and FULL"
+    full = next(node for node in tree.body if isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "FULL" for t in node.targets))
+    assert isinstance(full.value, ast.Constant) and full.value.value is False, "FULL = False by default"
     assert all(isinstance(node, ast.Assign) for node in tree.body), "parameters cell: assignments only"
 
 
@@ -56,7 +59,7 @@ def test_one_setup_call_in_the_second_code_cell(path):
     calls = [i for i, c in enumerate(code) for _ in re.finditer(r"\bsetup\(", c.source)]
     assert calls == [1], f"exactly one setup( call, in the second code cell; found in code cells {calls}"
     assert "from mstools.ui.notebook import setup" in code[1].source
-    assert re.search(r"\bnb\s*=\s*setup\(MODEL, BACKEND\)", code[1].source)
+    assert re.search(r"\bnb\s*=\s*setup\(MODEL, BACKEND, FULL=FULL\)", code[1].source)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

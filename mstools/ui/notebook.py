@@ -6,8 +6,11 @@
 ('testbed', 'audiocraft', True)
 >>> nb = setup("testbed", BACKEND="transformers", quiet=True)   # the same model in transformers
 
-Under test (``MSTOOLS_TEST=1``, set by ``make test``) ``nb.quick`` is True and ``nb.size`` returns the
-small number, so every notebook runs in a few minutes on a 2-core CPU.
+Three sizes of work. By default a notebook runs its lesson in about a minute on a 2-core CPU;
+``setup(..., FULL=True)`` (the ``FULL`` parameter of every notebook) asks for the bigger run (more
+clips, seeds and draws: from about a minute to several minutes); under test (``MSTOOLS_TEST=1``,
+set by ``make test``) ``nb.quick`` is True and the smallest sizes run, whatever ``FULL`` says. ``nb.size(default, quick,
+full=...)`` picks the number for the mode (:meth:`Notebook.size`).
 
 In a notebook, ``setup`` also makes figures survive sharing (:func:`shareable_plots`): plotly.js is
 embedded once in the notebook and every figure carries both plotly's own mimetype (JupyterLab, VS
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 
 from mstools.core.errors import MissingWeightsError
+from mstools.core.threads import resolve as model_threads
 from mstools.core.names import BACKENDS
 from mstools.model import hub
 from mstools.model.loading import load_musicgen, parse_model_name
@@ -81,6 +85,7 @@ class Notebook:
     outputs: str
     asked: str = ""
     path: str = ""
+    full: bool = False
 
     @property
     def fell_back(self) -> bool:
@@ -91,12 +96,37 @@ class Notebook:
     def backend(self) -> str:
         return self.model.backend_name
 
-    def size(self, full: int, quick: int) -> int:
-        """``quick`` under test, ``full`` otherwise."""
-        return quick if self.quick else full
+    @property
+    def mode(self) -> str:
+        """``"quick"`` (under test), ``"full"`` (``FULL=True``) or ``"default"``."""
+        return "quick" if self.quick else "full" if self.full else "default"
+
+    def size(self, default: Any, quick: Any, full: Any = None) -> Any:
+        """The size of some work for the mode the notebook runs in.
+
+        ``quick`` under test (it wins over ``FULL``), ``full`` when the notebook was set up with
+        ``FULL=True`` and ``full`` is given, ``default`` otherwise. Two-argument calls,
+        ``nb.size(default, quick)``, give ``default`` with ``FULL`` too.
+
+        >>> nb = Notebook(model=None, model_name="testbed", quick=False, device="cpu", outputs="out")
+        >>> nb.size(8, 2, full=32), nb.size(8, 2), nb.mode
+        (8, 8, 'default')
+        >>> nb.full = True
+        >>> nb.size(8, 2, full=32), nb.size(8, 2), nb.mode
+        (32, 8, 'full')
+        >>> nb.quick = True                       # under test the quick size wins
+        >>> nb.size(8, 2, full=32), nb.mode
+        (2, 'quick')
+        """
+        if self.quick:
+            return quick
+        if self.full and full is not None:
+            return full
+        return default
 
 
-def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | None = None,
+def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", FULL: bool = False, *,
+          device: str | None = None,
           seed: int = 0, threads: int | None = None, outputs: str = "outputs",
           quiet: bool = False) -> Notebook:
     """Load ``MODEL`` on ``BACKEND`` and set up: threads, seed, output folder.
@@ -106,6 +136,11 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
             checkpoint (``"facebook/musicgen-small"`` or a local folder).
         BACKEND: ``"audiocraft"`` (Meta's reference code) or ``"transformers"`` (Hugging Face's
             MusicGen). Hook names, shapes and steps are the same on both.
+        threads: torch threads for the whole notebook; default: 1 under test, else the model's
+            thread policy (:mod:`mstools.core.threads`: 1 for a small model such as the testbed,
+            torch's setting for a real checkpoint).
+        FULL: the bigger run: ``nb.size(default, quick, full=...)`` returns ``full`` (more clips,
+            seeds, draws; up to several minutes instead of about a minute). Ignored under test (``nb.quick``).
 
     A real checkpoint whose weights are missing falls back to the testbed on the same backend, and
     says so in one printed note (``nb.path``; outside a notebook also as a warning). Without network
@@ -114,9 +149,13 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
     >>> nb = setup("testbed", BACKEND="transformers", quiet=True)
     >>> nb.backend, nb.model.backend_name
     ('transformers', 'transformers')
+    >>> setup("testbed", FULL=True, quiet=True).full
+    True
     """
     if BACKEND not in BACKENDS:
         raise ValueError(f"BACKEND must be one of {BACKENDS}, got {BACKEND!r}")
+    if FULL not in (True, False):
+        raise ValueError(f"FULL must be True or False, got {FULL!r}")
     quick = under_test()
     if quick:  # tests never reach for the hub (a missing checkpoint falls back at once)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -154,9 +193,17 @@ def setup(MODEL: str = "testbed", BACKEND: str = "audiocraft", *, device: str | 
             warnings.warn(f"{reason} -> running on the testbed ({BACKEND} backend) instead.\n{how}")
         name = "testbed"
         model = load_musicgen("testbed", device=device, backend=BACKEND)
+    if not threads and not quick:
+        # the model's own policy for everything else a notebook runs in torch (probe fits, SAE
+        # training...): one thread for a small model, where threads mostly wait on each other
+        n = model_threads(getattr(model, "threads", "auto"), getattr(model, "_n_params", 0))
+        if n:
+            torch.set_num_threads(n)
     os.makedirs(outputs, exist_ok=True)
     if not quiet:
         print(f"{model}\nbackend: {BACKEND}, device: {device}, torch threads: "
-              f"{torch.get_num_threads()}{', quick mode (under test)' if quick else ''}")
+              f"{torch.get_num_threads()}, "
+              + ("quick mode (under test)" if quick else "FULL: the bigger run" if FULL
+                 else "default sizes (FULL = True for the bigger run)"))
     return Notebook(model=model, model_name=name, quick=quick, device=device,
-                    outputs=outputs, asked=MODEL, path=path)
+                    outputs=outputs, asked=MODEL, path=path, full=bool(FULL))
