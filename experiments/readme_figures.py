@@ -449,6 +449,24 @@ def _bench_rows() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def render_notebooks() -> str:
+    default, full = _load("notebook_times"), _load("notebook_times_full")
+    if default is None:
+        return "(no results yet: run `python benchmarks/notebook_times.py`)"
+    fulls = {r["notebook"]: r for r in (full or {}).get("notebooks", [])}
+    lines = [f"Measured by `python benchmarks/notebook_times.py` (every notebook in order, one at a time, kernel "
+             f"start included; {default['cpus']} cores; `--full` for `FULL = True`). Target: "
+             f"{default['target_s']:g} s each in default mode.", "",
+             "| notebook | default (s) | slowest cell (s) | load (1 min) | `FULL = True` (s) |", "|---|---|---|---|---|"]
+    for r in default["notebooks"]:
+        cell = r["slowest_cells"][0]["seconds"] if r["slowest_cells"] else float("nan")
+        f = fulls.get(r["notebook"])
+        lines.append(f"| `{r['notebook']}` | {r['wall_s']:.0f}{'' if r['ok'] else ' (failed)'} | {cell:.0f} | "
+                     f"{r['load_1min_before']:.1f} | {f['wall_s']:.0f} |" if f else
+                     f"| `{r['notebook']}` | {r['wall_s']:.0f} | {cell:.0f} | {r['load_1min_before']:.1f} | n/a |")
+    return "\n".join(lines)
+
+
 def render_bench() -> str:
     lines = ["| benchmark | measured (ratios from interleaved arms) | target | when (1-min load) |",
              "|---|---|---|---|"]
@@ -459,7 +477,7 @@ def render_bench() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {"testbed": render_testbed, "demo": render_demo,
                                         "findings": render_findings, "patching": render_patching,
                                         "features": render_features, "export": render_export,
-                                        "bench": render_bench}
+                                        "bench": render_bench, "notebooks": render_notebooks}
 
 
 def _pattern(name: str) -> re.Pattern:
