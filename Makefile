@@ -41,7 +41,7 @@ figures: setup
 	$(BIN)/python -m mstools demo --out outputs
 	mkdir -p experiments/results && cp outputs/results.json experiments/results/demo.json
 	$(BIN)/python experiments/evaluate_testbed.py
-	$(BIN)/python experiments/findings.py --out experiments/results
+	$(BIN)/python experiments/findings.py --seeds 2 --layers 2,3,4 --prompts 8 --out experiments/results
 	$(BIN)/python experiments/patching_sae.py --out experiments/results
 	$(BIN)/python -m mstools export --model testbed --format transformers --out outputs/testbed-hf
 	cp outputs/testbed-hf/mstools_export.json experiments/results/export.json

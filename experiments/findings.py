@@ -1,6 +1,6 @@
 """Steering findings on the testbed, composed from the library only.
 
-    python experiments/findings.py [--quick] [--seeds N] [--out DIR] [--no-write]
+    python experiments/findings.py [--quick] [--seeds N] [--layers 2,3,4] [--prompts N] [--out DIR] [--no-write]
 
 Directions come from :mod:`mstools.analysis` (difference of class means; ridge probes with the penalty
 chosen by cross-validation; logistic probes) fitted on labelled features of procedural clips
@@ -277,11 +277,20 @@ def exp_prompted(model: Any, dirs: dict[str, Directions], cfg: Config, method: s
     return out
 
 
-def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Callable[[str], None] = print
-            ) -> pd.DataFrame:
-    """All seven experiments; returns one summary table (``experiment`` column first)."""
+def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Callable[[str], None] = print,
+            layers: Sequence[int] | None = None, prompts: int | None = None,
+            on_part: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+    """All seven experiments; returns one summary table (``experiment`` column first).
+
+    ``layers`` / ``prompts`` override the configuration's layers and source prompts per trial and seed;
+    ``on_part`` receives the table so far after each experiment (to save partial results).
+    """
     torch.manual_seed(0)
     cfg = Config.make(quick, model, seeds)
+    if layers is not None:
+        cfg = dataclasses.replace(cfg, layers=tuple(layers))
+    if prompts is not None:
+        cfg = dataclasses.replace(cfg, prompts=int(prompts))
     d = Directions(model, cfg.clips)
     d_audio = Directions(model, cfg.clips, branch="uncond")
     t0 = time.monotonic()
@@ -297,6 +306,8 @@ def run_all(model: Any, quick: bool = False, seeds: int | None = None, log: Call
                      ("prompted", lambda: exp_prompted(model, {"cond": d, "uncond": d_audio}, cfg, method))):
         parts.append(fn())
         log(f"[{time.monotonic() - t0:6.0f} s] {name} done")
+        if on_part is not None:
+            on_part(pd.concat(parts, ignore_index=True))
     out = pd.concat(parts, ignore_index=True)
     out.attrs["best"] = {"method": method, "layer": layer}
     out.attrs["alphas"] = {(f"{h} ({how})", f): a for how, dd in (("with prompts", d), ("null text", d_audio))
@@ -345,16 +356,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default=str(HERE / "results"), help="folder for findings.md and findings.csv")
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     p.add_argument("--backend", default="audiocraft", choices=("audiocraft", "transformers"))
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: every layer)")
+    p.add_argument("--prompts", type=int, default=None, help="source prompts per trial and seed (default 16)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = mstools.load_musicgen("testbed", backend=args.backend)
-    summary = run_all(model, quick=args.quick, seeds=args.seeds)
+    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    bad = [x for x in layers or [] if not 0 <= x < model.num_layers]
+    if bad:
+        p.error(f"--layers {bad} outside 0..{model.num_layers - 1}")
+    out = Path(args.out)
+
+    def save_part(part: pd.DataFrame) -> None:
+        if not args.no_write:
+            atomic_write_text(out / "findings.partial.csv", part.to_csv(index=False))
+
+    summary = run_all(model, quick=args.quick, seeds=args.seeds, layers=layers, prompts=args.prompts,
+                      on_part=save_part, log=lambda m: print(m, flush=True))
     md = to_markdown(summary)
     print(md)
     if not args.no_write:
-        out = Path(args.out)
         atomic_write_text(out / "findings.md", md)
         atomic_write_text(out / "findings.csv", summary.to_csv(index=False))
+        (out / "findings.partial.csv").unlink(missing_ok=True)
         print(f"wrote {out / 'findings.md'} and {out / 'findings.csv'}")
 
 

@@ -174,7 +174,12 @@ def render_findings() -> str:
         return "(no results yet: run `python experiments/findings.py`)"
     s = pd.read_csv(path)
     s = s[s["segment"].isna() | (s["segment"].astype(str).isin(["all", "nan"]))] if "segment" in s else s
-    lines = ["| experiment | setting | success (95 % interval) | unsteered twins | random: mean (highest) | loglik drop (prompting the target) |",
+    m0 = s[s.experiment == "methods"]
+    layers = sorted({int(x) for x in m0["layer"].dropna()}) if "layer" in s and len(m0) else []
+    n = sorted({int(x) for x in s["n"].dropna()}) if "n" in s else []
+    lines = [f"Layers {', '.join(map(str, layers)) or 'n/a'}; {'-'.join(map(str, n[::max(1, len(n) - 1)])) or 'n/a'} "
+             f"clips per row (steered, each with its unsteered twin; every random draw on the same clips).", "",
+             "| experiment | setting | success (95 % interval) | unsteered twins | random: mean (highest) | loglik drop (prompting the target) |",
              "|---|---|---|---|---|---|"]
 
     def row(exp: str, r: pd.Series, label: str | None = None) -> None:
