@@ -2,7 +2,7 @@
 
     python benchmarks/cache_throughput.py [--model testbed] [--clips 256] [--seconds 6] [--repeats 3]
 
-Arms (interleaved, same clips, same batches):
+Arms (interleaved, the same clips held in memory, same batches):
   forward   the model's teacher-forced forward on every batch, nothing kept
   cache     ``mstools.data.caching.cache_activations``: the same forward with every ``resid_post`` hooked,
             mean-pooled and written to an activation store on disk (float16 shards)
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mstools.data.pooling import Pooling
     from mstools.data.sources import testbed_clips
     model = mstools.load_musicgen(args.model, device="cpu")
-    source = testbed_clips(args.clips, seconds=args.seconds, seed=0)
-    items = list(source)
+    items = list(testbed_clips(args.clips, seconds=args.seconds, seed=0))  # both arms: the same clips in memory
     hooks = "blocks.*.hook_resid_post"
 
     def forward():
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     def cache():
         tmp = tempfile.mkdtemp()
         try:
-            cache_activations(model, source, Path(tmp) / "store", hooks, Pooling("mean"),
+            cache_activations(model, items, Path(tmp) / "store", hooks, Pooling("mean"),
                               batch_size=args.batch_size, progress=False)
         finally:
             shutil.rmtree(tmp)

@@ -173,7 +173,8 @@ def render_findings() -> str:
     if not path.exists():
         return "(no results yet: run `python experiments/findings.py`)"
     s = pd.read_csv(path)
-    s = s[s["segment"].isna() | (s["segment"].astype(str).isin(["all", "nan"]))] if "segment" in s else s
+    # experiments with one segment per trial (window and fusion score several segments; not quoted here)
+    s = s[s["experiment"].isin(["methods", "hooks", "branch", "timbre", "prompted"])]
     m0 = s[s.experiment == "methods"]
     layers = sorted({int(x) for x in m0["layer"].dropna()}) if "layer" in s and len(m0) else []
     n = sorted({int(x) for x in s["n"].dropna()}) if "n" in s else []
@@ -201,7 +202,7 @@ def render_findings() -> str:
         key = {"hooks": "kind", "branch": "prompts", "timbre": "prompts"}[exp]
         if len(e) and key in e:
             for _, r in _best(e, [key]).iterrows():
-                row(exp, r, f"{r[key]}: {r['trial']}")
+                row(exp, r, r["trial"] if exp == "hooks" else f"{r[key]} prompts: {r['trial']}")
     p = s[s.experiment == "prompted"]
     if len(p):
         for factor, part in p.groupby("factor", sort=False):
