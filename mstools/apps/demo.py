@@ -150,12 +150,13 @@ def run_demo(out: str | Path = "outputs", quick: bool = False, seed: int = 0,
         where = out / "stores" / f"{'quick' if quick else 'full'}_{backend}_{name}"
         stores[name] = cache_activations(m, source, where, hooks, Pooling("mean"), batch_size=32,
                                          branches=("cond", "uncond"), progress=False)
+    every = {name: {h: s.features(h) for h in hooks} for name, s in stores.items()}   # read each hook once
     features, labels_of = {}, {}
     for text, branch in TEXTS.items():
         rows = (stores["trained"].labels["branch"] == branch).to_numpy()
         labels_of[text] = stores["trained"].labels[rows].reset_index(drop=True)
-        features[text] = {name: {h: s.features(h)[torch.tensor(rows)] for h in hooks}
-                          for name, s in stores.items()}
+        index = torch.tensor(rows)
+        features[text] = {name: {h: X[index] for h, X in by_hook.items()} for name, by_hook in every.items()}
     labels = labels_of["prompt"]
 
     _log("fitting probes for every layer with controls")
