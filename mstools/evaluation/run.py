@@ -39,7 +39,7 @@ import torch
 from mstools.evaluation.scoring import (Scorer, factor_columns, first_difference, score_segments,
                                         segment_windows)
 from mstools.evaluation.trials import Trial, random_setting
-from mstools.steering.apply import Setting, Steering, _as_list, describe, sweep
+from mstools.steering.apply import Setting, Steering, as_steerings, describe, sweep
 
 __all__ = ["steering", "CONTROLS"]
 
@@ -96,7 +96,7 @@ def _setting_key(setting: Setting) -> tuple | None:
     """What a setting's clips depend on, by content (directions hashed); None when a part has no
     stable description (e.g. a schedule or operator given as a bare function), so it is never memoised."""
     parts = []
-    for s in _as_list(setting):
+    for s in as_steerings(setting):
         d = s.describe()
         if any(" at 0x" in str(v) for v in d.values()):
             return None

@@ -35,7 +35,7 @@ from mstools.steering.schedules import Schedule, as_schedule
 from mstools.steering.vector import SteeringVector, check_strength
 
 __all__ = ["Steering", "steering_hooks", "apply", "Steerer", "sweep", "mean_norms", "SweepOutput",
-           "Setting", "describe", "check_reaches"]
+           "Setting", "as_steerings", "describe", "check_reaches"]
 
 BRANCHES = ("cond", "uncond", "both")
 #: Largest push the add operator accepts, in units of the hook's mean activation norm.
@@ -321,7 +321,8 @@ class SweepOutput:
 Setting = Steering | Sequence[Steering] | None
 
 
-def _as_list(setting: Setting) -> list[Steering]:
+def as_steerings(setting: Setting) -> list[Steering]:
+    """The steerings of a setting as a list (None: none; one ``Steering``: a list of one)."""
     if setting is None:
         return []
     if isinstance(setting, Steering):
@@ -335,7 +336,7 @@ def _as_list(setting: Setting) -> list[Steering]:
 
 def describe(setting: Setting) -> dict[str, Any]:
     """A flat row describing a setting (several Steerings: their fields joined with ``" & "``)."""
-    parts = [s.describe() for s in _as_list(setting)]
+    parts = [s.describe() for s in as_steerings(setting)]
     if not parts:
         return dict(source="none", strength=0.0)
     if len(parts) == 1:
@@ -374,7 +375,7 @@ def sweep(model: Any, prompts: Sequence[str | None], settings: Sequence[Setting]
         rows = list(range(i * len(prompts), (i + 1) * len(prompts)))
         batch_prompts += prompts
         ids += list(range(len(prompts)))
-        for s in _as_list(setting):
+        for s in as_steerings(setting):
             pairs.append((s, rows))
         desc = describe(setting)
         for j, p in enumerate(prompts):
